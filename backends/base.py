@@ -1,0 +1,137 @@
+"""The contract every backend keeps: a request in, an async iterator of typed events out.
+
+Events are small frozen dataclasses forming one discriminated union (``Event``), each
+tagged by its ``type``. A backend yields zero or more ``Delta`` and ``Citation`` events
+and ends with exactly one ``Done``, or raises a ``BackendError``.
+
+Error tree::
+
+    BackendError            code (gRPC status name, lower case), message, retryable
+    ├── TransientError      worth retrying: unavailable, resource_exhausted, internal, ...
+    └── PermanentError      retrying cannot help: invalid_argument, permission_denied, ...
+
+Backends know nothing about HTTP, Redis, SSE or retries; those wrap them in ``gateway``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class QARequest:
+    """One question. ``session_id`` continues a conversation where the backend has them."""
+
+    query: str
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """The next piece of answer text."""
+
+    text: str
+    type: ClassVar[Literal["delta"]] = "delta"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A document that supports part of the answer."""
+
+    title: str
+    uri: str
+    snippet: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Citation:
+    """``sources`` support the answer text from character ``start`` to ``end`` (exclusive)."""
+
+    start: int
+    end: int
+    sources: tuple[Source, ...]
+    type: ClassVar[Literal["citation"]] = "citation"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts as the upstream reported them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The answer is complete.
+
+    ``finish_reason`` is ``stop`` for a normal end, ``skipped`` when the upstream declined
+    to answer (``skip_reasons`` say why), or the upstream's own reason in lower case
+    (``max_tokens``, ``safety``, ...).
+    """
+
+    finish_reason: str
+    usage: Usage | None = None
+    session_id: str | None = None
+    skip_reasons: tuple[str, ...] = ()
+    related_questions: tuple[str, ...] = ()
+    type: ClassVar[Literal["done"]] = "done"
+
+
+Event = Delta | Citation | Done
+
+
+class BackendError(Exception):
+    """An upstream failure. ``code`` is the gRPC status name in lower case."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, code: str, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after  # seconds, when the upstream said how long to wait
+
+
+class TransientError(BackendError):
+    """A failure that may pass: retrying the same request can succeed."""
+
+    retryable = True
+
+
+class PermanentError(BackendError):
+    """A failure that retrying the same request cannot fix."""
+
+
+TRANSIENT_CODES = frozenset(
+    {"unavailable", "resource_exhausted", "internal", "aborted", "deadline_exceeded", "unknown"}
+)
+
+
+def error_for(code: str, message: str, *, retry_after: float | None = None) -> BackendError:
+    """The ``TransientError`` or ``PermanentError`` a status code stands for."""
+    cls = TransientError if code in TRANSIENT_CODES else PermanentError
+    return cls(code, message, retry_after=retry_after)
+
+
+class Backend(Protocol):
+    """What the gateway needs from a backend."""
+
+    name: str
+    model: str  # what answers, for ``meta`` (a model id or a serving config)
+    emulated: bool
+
+    def stream(self, request: QARequest) -> AsyncIterator[Event]:
+        """Answer ``request`` as events; cancel the upstream call when closed early."""
+        ...
+
+    def cache_identity(self) -> dict[str, object]:
+        """Everything in this backend's config that changes the answer (for cache keys)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,55 @@
+"""What the Google gRPC backends share: where to connect, and how their errors map."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from google.api_core import exceptions as api_exceptions
+from google.rpc import error_details_pb2
+from pydantic import BaseModel, ConfigDict, Field
+
+from backends.base import BackendError, error_for
+
+UPSTREAM_ERRORS = (api_exceptions.GoogleAPICallError, grpc.RpcError)
+"""What a Google SDK call raises; pass these to ``map_error``."""
+
+
+class ConnectionConfig(BaseModel):
+    """Connection settings every Google backend has."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str | None = None
+    """``host:port``; the backend's Google endpoint when unset."""
+    insecure: bool = False
+    """Plaintext gRPC without credentials, for an emulator."""
+    emulator: bool = False
+    """Talk to the gateway's embedded emulator (sets ``endpoint`` and ``insecure``)."""
+    deadline_s: float = Field(120.0, gt=0)
+    """Total time one upstream stream may take."""
+
+    def default_endpoint(self) -> str:
+        raise NotImplementedError
+
+    def address(self) -> str:
+        return self.endpoint or self.default_endpoint()
+
+
+def retry_delay(details: Iterable[object]) -> float | None:
+    """The delay a ``google.rpc.RetryInfo`` among the error details asks for, in seconds."""
+    for detail in details:
+        if isinstance(detail, error_details_pb2.RetryInfo):
+            return detail.retry_delay.ToTimedelta().total_seconds()
+    return None
+
+
+def map_error(exc: BaseException) -> BackendError:
+    """The one place where Google SDK and gRPC exceptions become ``BackendError``."""
+    if isinstance(exc, api_exceptions.GoogleAPICallError):
+        status = exc.grpc_status_code
+        code = status.name.lower() if status is not None else "unknown"
+        return error_for(code, exc.message or code, retry_after=retry_delay(exc.details or ()))
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return error_for(exc.code().name.lower(), exc.details() or "")
+    return error_for("unknown", type(exc).__name__)

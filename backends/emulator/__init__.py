@@ -1,0 +1,5 @@
+"""Local servers speaking Google's real gRPC protocols, with fault injection, for tests and demos."""
+
+from backends.emulator.server import Behaviour, Call, Emulator
+
+__all__ = ["Behaviour", "Call", "Emulator"]

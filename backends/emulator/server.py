@@ -1,0 +1,128 @@
+"""One ``grpc.aio`` server hosting every emulated Google service, with shared fault knobs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+@dataclass
+class Behaviour:
+    """How the emulator answers. Change it between calls with ``Emulator.reset``."""
+
+    chunks: int = 8
+    """Pieces per answer (Gemini: text chunks; Agent Builder: sentences)."""
+    delay_ms: float = 0.0
+    """Pause before each chunk after the first."""
+    first_delay_ms: float = 0.0
+    """Pause before the first chunk."""
+    fail_first: int = 0
+    """Fail this many calls (counted from the last reset) before answering normally."""
+    fail_code: str = "UNAVAILABLE"
+    """gRPC status name used by every injected failure."""
+    fail_after: int | None = None
+    """Abort every call after sending this many chunks."""
+    hang_after: int | None = None
+    """Stop sending, without ending the call, after this many chunks (0: hang at once)."""
+    retry_after_ms: float | None = None
+    """Attach a ``google.rpc.RetryInfo`` with this delay to injected failures."""
+
+
+@dataclass
+class Call:
+    """One RPC the emulator received."""
+
+    method: str
+    request: Any
+    chunks_sent: int = 0
+    completed: bool = False
+    cancelled: bool = False
+    failed: str | None = None
+
+
+@dataclass
+class Emulator:
+    """Serves the emulated services on one port and records every call."""
+
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    calls: list[Call] = field(default_factory=list)
+    port: int = 0
+    _server: grpc.aio.Server | None = None
+    _failures: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> Emulator:
+        from backends.emulator import gemini
+
+        self._server = grpc.aio.server()
+        self._server.add_generic_rpc_handlers((gemini.handler(self),))
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        await self._server.start()
+        return self
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    def reset(self, behaviour: Behaviour | None = None) -> None:
+        """Forget recorded calls and start over with ``behaviour`` (default knobs if None)."""
+        self.behaviour = behaviour or Behaviour()
+        self.calls.clear()
+        self._failures = 0
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [call for call in self.calls if call.method == method]
+
+    def record(self, method: str, request: Any) -> Call:
+        call = Call(method, request)
+        self.calls.append(call)
+        return call
+
+    async def play(
+        self, call: Call, context: grpc.aio.ServicerContext, responses: Sequence[Any]
+    ) -> AsyncIterator[Any]:
+        """Send ``responses`` to the caller, applying the current ``Behaviour``."""
+        knobs = self.behaviour
+        try:
+            if self._failures < knobs.fail_first:
+                self._failures += 1
+                await self._abort(call, context)
+            for index, response in enumerate(responses):
+                if index == knobs.fail_after:
+                    await self._abort(call, context)
+                if index == knobs.hang_after:
+                    await asyncio.Event().wait()
+                delay = knobs.first_delay_ms if index == 0 else knobs.delay_ms
+                if delay:
+                    await asyncio.sleep(delay / 1000)
+                yield response
+                call.chunks_sent += 1
+            call.completed = True
+        except (asyncio.CancelledError, GeneratorExit):
+            call.cancelled = True
+            raise
+
+    async def _abort(self, call: Call, context: grpc.aio.ServicerContext) -> None:
+        knobs = self.behaviour
+        code = grpc.StatusCode[knobs.fail_code]
+        call.failed = knobs.fail_code
+        status = status_pb2.Status(code=code.value[0], message=f"emulated {knobs.fail_code}")
+        if knobs.retry_after_ms is not None:
+            delay = duration_pb2.Duration()
+            delay.FromMilliseconds(int(knobs.retry_after_ms))
+            detail = any_pb2.Any()
+            detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+            status.details.append(detail)
+        grpc_status = rpc_status.to_status(status)
+        await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)

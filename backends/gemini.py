@@ -1,0 +1,182 @@
+"""Gemini on Vertex AI, streamed through ``PredictionServiceAsyncClient.stream_generate_content``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Literal
+
+import grpc
+from google.cloud.aiplatform_v1 import (
+    Content,
+    GenerateContentRequest,
+    GenerateContentResponse,
+    GenerationConfig,
+    HarmCategory,
+    Part,
+    PredictionServiceAsyncClient,
+    SafetySetting,
+)
+from google.cloud.aiplatform_v1.services.prediction_service.transports import (
+    PredictionServiceGrpcAsyncIOTransport,
+)
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from backends.base import (
+    Citation,
+    Delta,
+    Done,
+    Event,
+    QARequest,
+    Source,
+    Usage,
+)
+from backends.connection import UPSTREAM_ERRORS, ConnectionConfig, map_error
+
+
+class GenerationSettings(BaseModel):
+    """The subset of ``GenerationConfig`` users tune; unset fields keep Google's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_output_tokens: int | None = Field(None, gt=0)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, gt=0)
+    candidate_count: int | None = Field(None, gt=0)
+    stop_sequences: list[str] = []
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    response_mime_type: str | None = None
+
+
+_THRESHOLDS = frozenset(SafetySetting.HarmBlockThreshold.__members__)
+_CATEGORIES = frozenset(HarmCategory.__members__)
+
+
+class GeminiConfig(ConnectionConfig):
+    """``[backends.NAME]`` with ``type = "gemini"``."""
+
+    type: Literal["gemini"]
+    project: str = "emulated-project"
+    location: str = "us-central1"
+    model: str = "gemini-2.5-flash"
+    generation: GenerationSettings = GenerationSettings()
+    safety: dict[str, str] = {}
+    """Harm category -> block threshold, by their API names (``HARM_CATEGORY_HATE_SPEECH =
+    "BLOCK_ONLY_HIGH"``)."""
+    system_instruction: str | None = None
+
+    @field_validator("safety")
+    @classmethod
+    def _known_safety_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for category, threshold in value.items():
+            if category not in _CATEGORIES:
+                raise ValueError(f"unknown harm category {category!r}")
+            if threshold not in _THRESHOLDS:
+                raise ValueError(f"unknown threshold {threshold!r} for {category}")
+        return value
+
+    def default_endpoint(self) -> str:
+        return f"{self.location}-aiplatform.googleapis.com"
+
+    def build(self, name: str) -> GeminiBackend:
+        return GeminiBackend(name, self)
+
+
+class GeminiBackend:
+    """Streams one Gemini answer per request over one reused gRPC channel."""
+
+    def __init__(self, name: str, config: GeminiConfig) -> None:
+        self.name = name
+        self.model = config.model
+        self.emulated = config.emulator
+        self.config = config
+        self._client: PredictionServiceAsyncClient | None = None
+        self._template = _request_template(config)
+
+    def cache_identity(self) -> dict[str, object]:
+        return self.config.model_dump(
+            include={"type", "project", "location", "model", "generation", "safety",
+                     "system_instruction"}
+        )
+
+    def _get_client(self) -> PredictionServiceAsyncClient:
+        # Built on first use: a grpc.aio channel belongs to the running event loop.
+        if self._client is None:
+            if self.config.insecure:
+                channel = grpc.aio.insecure_channel(self.config.address())
+                transport = PredictionServiceGrpcAsyncIOTransport(channel=channel)
+                self._client = PredictionServiceAsyncClient(transport=transport)
+            else:
+                self._client = PredictionServiceAsyncClient(
+                    client_options={"api_endpoint": self.config.address()}
+                )
+        return self._client
+
+    async def stream(self, request: QARequest) -> AsyncIterator[Event]:
+        grpc_request = GenerateContentRequest(self._template)
+        grpc_request.contents = [Content(role="user", parts=[Part(text=request.query)])]
+        call = None
+        try:
+            call = await self._get_client().stream_generate_content(
+                request=grpc_request, timeout=self.config.deadline_s
+            )
+            finish_reason = "stop"
+            usage = None
+            async for message in call:
+                response = GenerateContentResponse.pb(message)
+                for candidate in response.candidates[:1]:
+                    for part in candidate.content.parts:
+                        if part.text and not part.thought:
+                            yield Delta(part.text)
+                    for cited in candidate.citation_metadata.citations:
+                        yield Citation(
+                            cited.start_index,
+                            cited.end_index,
+                            (Source(cited.title, cited.uri),),
+                        )
+                    if candidate.finish_reason:
+                        finish_reason = candidate.FinishReason.Name(candidate.finish_reason)
+                if response.HasField("usage_metadata"):
+                    meta = response.usage_metadata
+                    usage = Usage(
+                        meta.prompt_token_count,
+                        meta.candidates_token_count,
+                        meta.total_token_count,
+                    )
+                if response.prompt_feedback.block_reason:
+                    reason = response.prompt_feedback.BlockedReason.Name(
+                        response.prompt_feedback.block_reason
+                    )
+                    yield Done("skipped", usage, skip_reasons=(reason.lower(),))
+                    return
+            yield Done(finish_reason.lower(), usage)
+        except UPSTREAM_ERRORS as exc:
+            raise map_error(exc) from None
+        finally:
+            if call is not None:
+                call.cancel()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.transport.close()
+            self._client = None
+
+
+def _request_template(config: GeminiConfig) -> GenerateContentRequest:
+    """Everything but the question, built once from config."""
+    template = GenerateContentRequest(
+        model=(
+            f"projects/{config.project}/locations/{config.location}"
+            f"/publishers/google/models/{config.model}"
+        ),
+        generation_config=GenerationConfig(**config.generation.model_dump(exclude_none=True)),
+        safety_settings=[
+            SafetySetting(category=category, threshold=threshold)
+            for category, threshold in config.safety.items()
+        ],
+    )
+    if config.system_instruction:
+        template.system_instruction = Content(parts=[Part(text=config.system_instruction)])
+    return template

@@ -1,0 +1,93 @@
+"""``qa-gateway``: serve the gateway, or run the emulator on its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from gateway.settings import ConfigError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qa-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the gateway over HTTP")
+    serve.add_argument("--config", help="TOML file (default: $QA_CONFIG or the embedded default)")
+    serve.add_argument("--host", default=os.environ.get("QA_HOST", "0.0.0.0"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+
+    emulate = commands.add_parser("emulate", help="serve the Google API emulator over gRPC")
+    emulate.add_argument("--host", default="127.0.0.1")
+    emulate.add_argument("--port", type=int, default=50051)
+    emulate.add_argument("--chunks", type=int, default=8, help="pieces per answer")
+    emulate.add_argument("--delay-ms", type=float, default=0.0, help="pause between chunks")
+    emulate.add_argument("--first-delay-ms", type=float, default=0.0, help="pause before the first")
+    emulate.add_argument("--fail-first", type=int, default=0, help="fail the first N calls")
+    emulate.add_argument("--fail-code", default="UNAVAILABLE", help="gRPC status of failures")
+    emulate.add_argument("--fail-after", type=int, help="abort every call after K chunks")
+    emulate.add_argument("--hang", action="store_true", help="never send the first chunk")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _emulate(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"qa-gateway: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from gateway.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        proxy_headers=True,
+        log_level="info",
+    )
+    return 0
+
+
+def _emulate(args: argparse.Namespace) -> int:
+    import grpc
+
+    from backends.emulator import Behaviour, Emulator
+
+    if args.fail_code not in grpc.StatusCode.__members__:
+        print(f"qa-gateway: unknown gRPC status {args.fail_code!r}", file=sys.stderr)
+        return 2
+    behaviour = Behaviour(
+        chunks=args.chunks,
+        delay_ms=args.delay_ms,
+        first_delay_ms=args.first_delay_ms,
+        fail_first=args.fail_first,
+        fail_code=args.fail_code,
+        fail_after=args.fail_after,
+        hang_after=0 if args.hang else None,
+    )
+
+    async def run() -> None:
+        emulator = await Emulator(behaviour).start(args.host, args.port)
+        print(f"emulator listening on {args.host}:{emulator.port}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await emulator.stop()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Everything a running gateway holds, built from ``Settings`` when the server starts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from backends.base import Backend
+from backends.emulator import Behaviour, Emulator
+from gateway.settings import Settings
+from gateway.upstream import Direct, Upstream
+
+
+@dataclass
+class Runtime:
+    """The backends, each wrapped in the gateway's policies, and the embedded emulator."""
+
+    settings: Settings
+    backends: dict[str, Backend]
+    upstreams: dict[str, Upstream]
+    emulator: Emulator | None = None
+    shutting_down: bool = field(default=False)
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Runtime]:
+    """Start the embedded emulator if configured, build the backends, close all on exit."""
+    emulator = None
+    if settings.emulator.enabled:
+        knobs = settings.emulator
+        emulator = Emulator(
+            Behaviour(
+                chunks=knobs.chunks,
+                delay_ms=knobs.delay_ms,
+                first_delay_ms=knobs.first_delay_ms,
+            )
+        )
+        await emulator.start(knobs.host, knobs.port)
+    backends: dict[str, Backend] = {}
+    for name, entry in settings.backends.items():
+        if entry.emulator and emulator is not None:
+            entry = entry.model_copy(update={"endpoint": emulator.address, "insecure": True})
+        backends[name] = entry.build(name)
+    upstreams: dict[str, Upstream] = {name: Direct(b) for name, b in backends.items()}
+    try:
+        yield Runtime(settings, backends, upstreams, emulator)
+    finally:
+        for backend in backends.values():
+            await backend.aclose()
+        if emulator is not None:
+            await emulator.stop()

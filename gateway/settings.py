@@ -1,0 +1,123 @@
+"""Configuration: a TOML file, overridden by ``QA_*`` environment variables, checked at start-up.
+
+``QA_CONFIG`` names the file (default: the packaged ``config/gateway.toml``, the
+zero-credential embedded default). Nested keys use ``__`` in the environment:
+``QA_BACKENDS__GEMINI__MODEL=gemini-2.5-pro``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from backends.gemini import GeminiConfig
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
+
+
+class Policies(BaseModel):
+    """What the gateway does around any backend (the backend itself never sees these)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class GeminiEntry(GeminiConfig, Policies):
+    pass
+
+
+BackendEntry = Annotated[GeminiEntry, Field(discriminator="type")]
+BACKEND_TYPES = ("gemini",)
+
+
+class EmulatorSettings(BaseModel):
+    """The emulator embedded in the gateway process, for the zero-credential default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)
+    """0 picks a free port."""
+    chunks: int = Field(12, gt=0)
+    delay_ms: float = Field(40.0, ge=0)
+    first_delay_ms: float = Field(150.0, ge=0)
+
+
+class Settings(BaseSettings):
+    """Everything the gateway is configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="QA_", env_nested_delimiter="__", extra="forbid")
+
+    default_backend: str
+    backends: dict[str, BackendEntry]
+    emulator: EmulatorSettings = EmulatorSettings()
+    max_query_bytes: int = Field(32 * 1024, gt=0)
+    """Queries longer than this (UTF-8 bytes) are refused with 413."""
+    max_body_bytes: int = Field(1024 * 1024, gt=0)
+    """Larger request bodies are refused with 413."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init arguments; the environment overrides them.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if not self.backends:
+            raise ValueError("no backends configured: add a [backends.NAME] table")
+        if self.default_backend not in self.backends:
+            raise ValueError(
+                f"default_backend {self.default_backend!r} is not one of the configured "
+                f"backends: {', '.join(sorted(self.backends))}"
+            )
+        for name, entry in self.backends.items():
+            if entry.emulator and not self.emulator.enabled:
+                raise ValueError(
+                    f"backends.{name}.emulator is true but [emulator] enabled is false"
+                )
+        return self
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending keys."""
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (``path``, else ``$QA_CONFIG``, else the default) into ``Settings``."""
+    file = Path(path or os.environ.get("QA_CONFIG") or DEFAULT_CONFIG)
+    try:
+        with file.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config in {file}:\n{describe(exc)}") from None
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per problem, each naming its key as dotted TOML path."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        if len(loc) > 2 and loc[0] == "backends" and loc[2] in BACKEND_TYPES:
+            del loc[2]  # the discriminator tag pydantic puts in the path
+        where = ".".join(loc) or "(top level)"
+        lines.append(f"  {where}: {error['msg']}")
+    return "\n".join(lines)

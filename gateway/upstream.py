@@ -1,0 +1,49 @@
+"""The gateway's view of a backend: ``open`` a request and get an ``Answer`` once its first
+event has arrived (peek, then commit). Retry, fallback and cache wrap an ``Upstream``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Protocol
+
+from backends.base import Backend, Event, QARequest, TransientError
+
+
+@dataclass(slots=True)
+class Answer:
+    """A started answer: its first event, the rest to come, and who gave it."""
+
+    backend: Backend
+    first: Event
+    rest: AsyncGenerator[Event, None]
+
+    async def aclose(self) -> None:
+        """Stop the answer early; the upstream call is cancelled."""
+        await self.rest.aclose()
+
+
+class Upstream(Protocol):
+    """Anything that opens answers: a backend, or a wrapper around one."""
+
+    async def open(self, request: QARequest) -> Answer:
+        """Start answering; raises ``BackendError`` if the answer cannot start."""
+        ...
+
+
+class Direct:
+    """A backend as an ``Upstream``, with no policy around it."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    async def open(self, request: QARequest) -> Answer:
+        events = self.backend.stream(request)
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:
+            raise TransientError("internal", "the upstream ended without answering") from None
+        except BaseException:
+            await events.aclose()
+            raise
+        return Answer(self.backend, first, events)
