@@ -15,7 +15,7 @@ Backends know nothing about HTTP, Redis, SSE or retries; those wrap them in ``ga
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol
 
@@ -124,7 +124,7 @@ class Backend(Protocol):
     model: str  # what answers, for ``meta`` (a model id or a serving config)
     emulated: bool
 
-    def stream(self, request: QARequest) -> AsyncIterator[Event]:
+    def stream(self, request: QARequest) -> AsyncGenerator[Event, None]:
         """Answer ``request`` as events; cancel the upstream call when closed early."""
         ...
 

@@ -40,7 +40,7 @@ def retry_delay(details: Iterable[object]) -> float | None:
     """The delay a ``google.rpc.RetryInfo`` among the error details asks for, in seconds."""
     for detail in details:
         if isinstance(detail, error_details_pb2.RetryInfo):
-            return detail.retry_delay.ToTimedelta().total_seconds()
+            return float(detail.retry_delay.ToTimedelta().total_seconds())
     return None
 
 

@@ -1,9 +1,9 @@
-"""Gemini on Vertex AI, streamed through ``PredictionServiceAsyncClient.stream_generate_content``."""
+"""Gemini on Vertex AI, streamed by ``PredictionServiceAsyncClient.stream_generate_content``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Literal
+from collections.abc import AsyncGenerator
+from typing import Any, Literal
 
 import grpc
 from google.cloud.aiplatform_v1 import (
@@ -16,7 +16,8 @@ from google.cloud.aiplatform_v1 import (
     PredictionServiceAsyncClient,
     SafetySetting,
 )
-from google.cloud.aiplatform_v1.services.prediction_service.transports import (
+from google.api_core.client_options import ClientOptions
+from google.cloud.aiplatform_v1.services.prediction_service.transports.grpc_asyncio import (
     PredictionServiceGrpcAsyncIOTransport,
 )
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -62,7 +63,7 @@ class GeminiConfig(ConnectionConfig):
     location: str = "us-central1"
     model: str = "gemini-2.5-flash"
     generation: GenerationSettings = GenerationSettings()
-    safety: dict[str, str] = {}
+    safety: dict[str, str] = Field(default_factory=dict)
     """Harm category -> block threshold, by their API names (``HARM_CATEGORY_HATE_SPEECH =
     "BLOCK_ONLY_HIGH"``)."""
     system_instruction: str | None = None
@@ -110,14 +111,14 @@ class GeminiBackend:
                 self._client = PredictionServiceAsyncClient(transport=transport)
             else:
                 self._client = PredictionServiceAsyncClient(
-                    client_options={"api_endpoint": self.config.address()}
+                    client_options=ClientOptions(api_endpoint=self.config.address())
                 )
         return self._client
 
-    async def stream(self, request: QARequest) -> AsyncIterator[Event]:
+    async def stream(self, request: QARequest) -> AsyncGenerator[Event, None]:
         grpc_request = GenerateContentRequest(self._template)
         grpc_request.contents = [Content(role="user", parts=[Part(text=request.query)])]
-        call = None
+        call: Any = None
         try:
             call = await self._get_client().stream_generate_content(
                 request=grpc_request, timeout=self.config.deadline_s
@@ -160,7 +161,7 @@ class GeminiBackend:
 
     async def aclose(self) -> None:
         if self._client is not None:
-            await self._client.transport.close()
+            await self._client.transport.close()  # type: ignore[no-untyped-call]
             self._client = None
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
+import orjson
 from starlette.responses import Response
 
-import orjson
 from backends.base import BackendError
 
 _UPSTREAM_STATUS = {

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from backends.base import Citation, Delta, Done, Event
+from backends.base import Citation, Delta, Event
 
 Body = dict[str, Any]
 

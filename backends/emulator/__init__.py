@@ -1,4 +1,4 @@
-"""Local servers speaking Google's real gRPC protocols, with fault injection, for tests and demos."""
+"""Local servers speaking Google's real gRPC protocols, with fault injection."""
 
 from backends.emulator.server import Behaviour, Call, Emulator
 

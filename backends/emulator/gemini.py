@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.cloud.aiplatform_v1 import (
@@ -41,7 +41,7 @@ def _responses(request: GenerateContentRequest, chunks: int) -> list[GenerateCon
     query = " ".join(part.text for content in request.contents for part in content.parts)
     pieces = answer_chunks(query, chunks)
     limit = request.generation_config.max_output_tokens
-    finish = Candidate.FinishReason.STOP
+    finish: Any = Candidate.FinishReason.STOP
     if limit and limit < len(pieces):
         pieces, finish = pieces[:limit], Candidate.FinishReason.MAX_TOKENS
     responses = [

@@ -1,0 +1,83 @@
+"""Test helpers: serve an app on a real socket, build settings, read event streams."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import uvicorn
+from fastapi import FastAPI
+
+from backends.emulator import Emulator
+from gateway.app import create_app
+from gateway.settings import Settings
+
+
+def settings_for(emulator: Emulator, **overrides: Any) -> Settings:
+    """Settings with one Gemini backend (``gemini``) pointing at ``emulator``."""
+    data: dict[str, Any] = {
+        "default_backend": "gemini",
+        "backends": {
+            "gemini": {"type": "gemini", "endpoint": emulator.address, "insecure": True},
+        },
+    }
+    data.update(overrides)
+    return Settings(**data)
+
+
+@asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[str]:
+    """Run ``app`` under uvicorn on a free loopback port; yield its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@asynccontextmanager
+async def gateway(settings: Settings) -> AsyncIterator[str]:
+    """Serve a gateway built from ``settings``; yield its base URL."""
+    async with serve(create_app(settings)) as url:
+        yield url
+
+
+def parse_sse(raw: bytes) -> list[tuple[int, str, dict[str, Any]]]:
+    """``(id, event, data)`` for every SSE frame in ``raw``; asserts each frame is complete."""
+    frames = []
+    for block in raw.decode().split("\n\n"):
+        if not block:
+            continue
+        fields = dict(line.split(": ", 1) for line in block.split("\n"))
+        assert set(fields) == {"id", "event", "data"}, block
+        frames.append((int(fields["id"]), fields["event"], orjson.loads(fields["data"])))
+    return frames
+
+
+def text_of(frames: list[tuple[int, str, dict[str, Any]]]) -> str:
+    return "".join(data["text"] for _, kind, data in frames if kind == "delta")
+
+
+async def wait_for(predicate: Any, timeout: float = 2.0) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
