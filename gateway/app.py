@@ -54,7 +54,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return HTTPProblem(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})).response()
+        headers = dict(exc.headers or {})
+        return HTTPProblem(exc.status_code, code, str(exc.detail), headers=headers).response()
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

@@ -72,8 +72,9 @@ async def qa(request: Request, format: str | None = None) -> Response:
         "emulated": answer.backend.emulated,
     }
     headers = STREAM_HEADERS | {"X-Request-ID": request_id}
-    return StreamingResponse(_frames(answer, wire, meta), media_type=wire.media_type,
-                             headers=headers)
+    return StreamingResponse(
+        _frames(answer, wire, meta), media_type=wire.media_type, headers=headers
+    )
 
 
 async def _frames(answer: Answer, wire: Wire, meta: dict[str, Any]) -> AsyncIterator[bytes]:

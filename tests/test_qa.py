@@ -107,8 +107,12 @@ async def test_unavailable_before_first_event_is_503(
 
 @pytest.mark.parametrize(
     ("code", "status"),
-    [("RESOURCE_EXHAUSTED", 429), ("DEADLINE_EXCEEDED", 504), ("PERMISSION_DENIED", 502),
-     ("INVALID_ARGUMENT", 400)],
+    [
+        ("RESOURCE_EXHAUSTED", 429),
+        ("DEADLINE_EXCEEDED", 504),
+        ("PERMISSION_DENIED", 502),
+        ("INVALID_ARGUMENT", 400),
+    ],
 )
 async def test_upstream_codes_map_to_statuses(
     client: httpx.AsyncClient, gateway_url: str, emulator: Emulator, code: str, status: int
@@ -129,7 +133,9 @@ async def test_failure_after_three_chunks_is_an_error_event(
     frames = parse_sse(response.content)
     assert [kind for _, kind, _ in frames] == ["meta", "delta", "delta", "delta", "error"]
     assert frames[-1][2] == {
-        "code": "unavailable", "message": "emulated UNAVAILABLE", "retryable": True
+        "code": "unavailable",
+        "message": "emulated UNAVAILABLE",
+        "retryable": True,
     }
     assert text_of(frames) == "".join(answer_chunks(QUERY["query"], 8)[:3])
 

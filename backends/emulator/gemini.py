@@ -21,10 +21,30 @@ if TYPE_CHECKING:
 SERVICE = "google.cloud.aiplatform.v1.PredictionService"
 METHOD = "StreamGenerateContent"
 
-_WORDS = (
-    "streams clouds vertex answers quickly gently every token arrives in order while "
-    "the gateway keeps its promise to frontends and operators alike"
-).split()
+_WORDS = [
+    "streams",
+    "clouds",
+    "vertex",
+    "answers",
+    "quickly",
+    "gently",
+    "every",
+    "token",
+    "arrives",
+    "in",
+    "order",
+    "while",
+    "the",
+    "gateway",
+    "keeps",
+    "its",
+    "promise",
+    "to",
+    "frontends",
+    "and",
+    "operators",
+    "alike",
+]
 
 
 def answer_chunks(query: str, chunks: int) -> list[str]:
