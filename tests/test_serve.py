@@ -1,0 +1,58 @@
+"""The README's first command: `qa-gateway serve` on the embedded default, as a real process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support import parse_sse
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")} | {"PORT": str(port)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.communicate(timeout=15)
+
+
+def test_embedded_default_answers_from_the_emulator(served: str) -> None:
+    response = httpx.post(f"{served}/qa", json={"query": "hello"}, timeout=10)
+    assert response.status_code == 200
+    frames = parse_sse(response.content)
+    assert frames[0][1] == "meta"
+    assert frames[0][2]["emulated"] is True
+    assert frames[0][2]["backend"] == "gemini"
+    assert [kind for _, kind, _ in frames][-1] == "done"
+    assert len([f for f in frames if f[1] == "delta"]) == 12
