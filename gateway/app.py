@@ -27,7 +27,6 @@ def create_app(settings: Settings) -> FastAPI:
         async with running(settings) as runtime:
             app.state.runtime = runtime
             yield
-            runtime.shutting_down = True
 
     app = FastAPI(
         title="Vertex streaming gateway",
@@ -43,7 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> Response:
         runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-        if runtime is None or runtime.shutting_down:
+        if runtime is None or runtime.guards.draining:
             return HTTPProblem(503, "not_ready", "the gateway is not serving").response()
         return Response(b'{"status":"ready"}', media_type="application/json")
 

@@ -43,17 +43,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"qa-gateway: {exc}", file=sys.stderr)
         return 2
-    import uvicorn
-
     from gateway.app import create_app
+    from gateway.server import GatewayServer
 
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        proxy_headers=True,
-        log_level="info",
-    )
+    GatewayServer(create_app(settings), args.host, args.port, settings.shutdown_grace_s).run()
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from starlette.responses import Response, StreamingResponse
 
 from backends.base import BackendError, QARequest
 from gateway.errors import HTTPProblem
+from gateway.guard import Guards, StreamGuard
 from gateway.runtime import Runtime
 from gateway.upstream import Answer
 from gateway.wire import Wire, choose_wire, error_body, event_body
@@ -60,6 +62,10 @@ async def qa(request: Request, format: str | None = None) -> Response:
         raise HTTPProblem(400, "unsupported_format", "format must be one of: sse, ndjson, text")
     body = await _read_body(request, runtime.settings.max_body_bytes)
     question, backend_name = _validate(body, runtime)
+    if runtime.guards.draining:
+        raise HTTPProblem(
+            503, "shutting_down", "the gateway is shutting down", headers={"Retry-After": "1"}
+        )
     request_id = _request_id(request)
     try:
         answer = await runtime.upstreams[backend_name].open(question)
@@ -71,27 +77,53 @@ async def qa(request: Request, format: str | None = None) -> Response:
         "model": answer.backend.model,
         "emulated": answer.backend.emulated,
     }
-    headers = STREAM_HEADERS | {"X-Request-ID": request_id}
+    idle_s = runtime.settings.backends[answer.backend.name].idle_s
     return StreamingResponse(
-        _frames(answer, wire, meta), media_type=wire.media_type, headers=headers
+        _frames(answer, wire, meta, idle_s, runtime.guards),
+        media_type=wire.media_type,
+        headers=STREAM_HEADERS | {"X-Request-ID": request_id},
     )
 
 
-async def _frames(answer: Answer, wire: Wire, meta: dict[str, Any]) -> AsyncIterator[bytes]:
-    """``meta``, every event of the answer, and an ``error`` frame if it fails midway."""
-    seq = 0
+_INTERRUPTIONS = {
+    "idle_timeout": "the upstream sent nothing for too long",
+    "shutting_down": "the gateway is shutting down; ask again",
+}
+
+
+async def _frames(
+    answer: Answer, wire: Wire, meta: dict[str, Any], idle_s: float, guards: Guards
+) -> AsyncIterator[bytes]:
+    """``meta``, every event of the answer, then one ``error`` frame if it fails midway."""
+    guard = StreamGuard(idle_s, guards)
+    seq = 1
     try:
-        yield wire.frame(seq, "meta", meta)
-        seq += 1
+        yield wire.frame(0, "meta", meta)
         event = answer.first
-        yield wire.frame(seq, event.type, event_body(event))
+        yield wire.frame(1, event.type, event_body(event))
+        guard.waiting()
         async for event in answer.rest:
+            guard.writing()
             seq += 1
             yield wire.frame(seq, event.type, event_body(event))
+            guard.waiting()
     except BackendError as exc:
         yield wire.frame(seq + 1, "error", error_body(exc.code, exc.message, exc.retryable))
+    except asyncio.CancelledError:
+        if guard.reason is None:
+            raise  # the client went away
+        _uncancel()
+        message = _INTERRUPTIONS[guard.reason]
+        yield wire.frame(seq + 1, "error", error_body(guard.reason, message, True))
     finally:
+        guard.close()
         await answer.aclose()
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 async def _read_body(request: Request, limit: int) -> Any:

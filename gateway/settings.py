@@ -15,7 +15,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from backends.agent_builder import AgentBuilderConfig
 from backends.gemini import GeminiConfig
+from gateway.retry import RetryPolicy
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
 
@@ -25,13 +27,23 @@ class Policies(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    retry: RetryPolicy = RetryPolicy()
+    idle_s: float = Field(60.0, gt=0)
+    """Longest wait for the next event once an answer has started."""
+    fallback: list[str] = Field(default_factory=list)
+    """Backends that answer, in order, when this one fails transiently before starting."""
+
 
 class GeminiEntry(GeminiConfig, Policies):
     pass
 
 
-BackendEntry = Annotated[GeminiEntry, Field(discriminator="type")]
-BACKEND_TYPES = ("gemini",)
+class AgentBuilderEntry(AgentBuilderConfig, Policies):
+    pass
+
+
+BackendEntry = Annotated[GeminiEntry | AgentBuilderEntry, Field(discriminator="type")]
+BACKEND_TYPES = ("gemini", "agent_builder")
 
 
 class EmulatorSettings(BaseModel):
@@ -48,6 +60,17 @@ class EmulatorSettings(BaseModel):
     first_delay_ms: float = Field(150.0, ge=0)
 
 
+class RetryBudgetSettings(BaseModel):
+    """``[retry_budget]``: retries across the instance stay within ``ratio`` of recent
+    requests plus ``min_per_s`` a second (over ``window_s``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ratio: float = Field(0.2, ge=0)
+    min_per_s: float = Field(3.0, ge=0)
+    window_s: float = Field(10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything the gateway is configured with."""
 
@@ -60,6 +83,9 @@ class Settings(BaseSettings):
     """Queries longer than this (UTF-8 bytes) are refused with 413."""
     max_body_bytes: int = Field(1024 * 1024, gt=0)
     """Larger request bodies are refused with 413."""
+    shutdown_grace_s: float = Field(8.0, ge=0)
+    """On SIGTERM, open streams get this long to finish (Cloud Run kills after 10 s)."""
+    retry_budget: RetryBudgetSettings = RetryBudgetSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -87,6 +113,11 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"backends.{name}.emulator is true but [emulator] enabled is false"
                 )
+            for other in entry.fallback:
+                if other not in self.backends or other == name:
+                    raise ValueError(
+                        f"backends.{name}.fallback: {other!r} is not another configured backend"
+                    )
         return self
 
 

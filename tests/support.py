@@ -16,13 +16,21 @@ from backends.emulator import Emulator
 from gateway.app import create_app
 from gateway.settings import Settings
 
+FAST_RETRY = {"initial_s": 0.001, "max_s": 0.005}
+"""Retry waits short enough for tests."""
+
 
 def settings_for(emulator: Emulator, **overrides: Any) -> Settings:
     """Settings with one Gemini backend (``gemini``) pointing at ``emulator``."""
     data: dict[str, Any] = {
         "default_backend": "gemini",
         "backends": {
-            "gemini": {"type": "gemini", "endpoint": emulator.address, "insecure": True},
+            "gemini": {
+                "type": "gemini",
+                "endpoint": emulator.address,
+                "insecure": True,
+                "retry": FAST_RETRY,
+            },
         },
     }
     data.update(overrides)

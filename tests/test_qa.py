@@ -94,7 +94,7 @@ async def test_stream_arrives_incrementally(
 async def test_unavailable_before_first_event_is_503(
     client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
 ) -> None:
-    emulator.reset(Behaviour(fail_first=1, fail_code="UNAVAILABLE"))
+    emulator.reset(Behaviour(fail_first=99, fail_code="UNAVAILABLE"))
     response = await client.post(f"{gateway_url}/qa", json=QUERY)
 
     assert response.status_code == 503
@@ -117,7 +117,7 @@ async def test_unavailable_before_first_event_is_503(
 async def test_upstream_codes_map_to_statuses(
     client: httpx.AsyncClient, gateway_url: str, emulator: Emulator, code: str, status: int
 ) -> None:
-    emulator.reset(Behaviour(fail_first=1, fail_code=code))
+    emulator.reset(Behaviour(fail_first=99, fail_code=code))
     response = await client.post(f"{gateway_url}/qa", json=QUERY)
     assert response.status_code == status
     assert response.json()["error"]["code"] == code.lower()

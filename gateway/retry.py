@@ -1,0 +1,154 @@
+"""Retries before the first event, bounded per request and across the instance.
+
+The rule (Envoy, gRPC): retry only until the answer has started. ``Retrying`` wraps an
+``Upstream``; its ``open`` returns once the first event is in hand, so a retry can never
+repeat text a client has seen. After that, failures become terminal ``error`` events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+
+from pydantic import BaseModel, ConfigDict, Field
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_any,
+    stop_before_delay,
+)
+from tenacity.stop import stop_base
+
+from backends.base import BackendError, QARequest, TransientError
+from gateway.upstream import Answer, Upstream
+
+
+class RetryPolicy(BaseModel):
+    """``[backends.NAME.retry]``: exponential backoff with jitter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempts: int = Field(3, ge=1)
+    """Attempts in all, the first included."""
+    initial_s: float = Field(0.5, ge=0)
+    max_s: float = Field(8.0, ge=0)
+    multiplier: float = Field(2.0, ge=1)
+    budget_s: float = Field(30.0, gt=0)
+    """No retry starts later than this after the request began."""
+    first_event_s: float = Field(30.0, gt=0)
+    """Per attempt: time allowed for the first event before the attempt counts as failed."""
+
+
+class RetryBudget:
+    """Instance-wide cap: retries may add at most ``ratio`` of the recent requests, plus
+    ``min_per_s`` a second, over a sliding ``window_s``. Keeps an outage from multiplying load.
+    """
+
+    def __init__(self, ratio: float = 0.2, min_per_s: float = 3.0, window_s: float = 10.0) -> None:
+        self.ratio = ratio
+        self.min_per_s = min_per_s
+        self.window_s = window_s
+        self._requests: deque[float] = deque()
+        self._retries: deque[float] = deque()
+
+    def record_request(self) -> None:
+        self._requests.append(self._now())
+
+    def try_spend(self) -> bool:
+        """Take one retry from the budget; False when it is spent."""
+        now = self._now()
+        for stamps in (self._requests, self._retries):
+            while stamps and stamps[0] <= now - self.window_s:
+                stamps.popleft()
+        allowed = self.min_per_s * self.window_s + self.ratio * len(self._requests)
+        if len(self._retries) >= allowed:
+            return False
+        self._retries.append(now)
+        return True
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+
+class _StopWhenBudgetSpent(stop_base):
+    """Checked last, so a retry is only charged to the budget when it would happen."""
+
+    def __init__(self, budget: RetryBudget) -> None:
+        self.budget = budget
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return not self.budget.try_spend()
+
+
+class Retrying:
+    """Opens an answer, retrying transient failures with backoff until one starts."""
+
+    def __init__(self, inner: Upstream, policy: RetryPolicy, budget: RetryBudget) -> None:
+        self.inner = inner
+        self.policy = policy
+        self.budget = budget
+
+    async def open(self, request: QARequest) -> Answer:
+        self.budget.record_request()
+        first_error: TransientError | None
+        try:
+            return await self._attempt(request)
+        except TransientError as exc:
+            first_error = exc
+        policy = self.policy
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda exc: isinstance(exc, BackendError) and exc.retryable),
+            stop=stop_any(
+                stop_after_attempt(policy.attempts),
+                stop_before_delay(policy.budget_s),
+                _StopWhenBudgetSpent(self.budget),
+            ),
+            wait=self._wait,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if first_error is not None:
+                    replay, first_error = first_error, None
+                    raise replay  # the first attempt's failure, so tenacity schedules a retry
+                return await self._attempt(request)
+        raise AssertionError("unreachable: tenacity returns or re-raises")
+
+    async def _attempt(self, request: QARequest) -> Answer:
+        seconds = self.policy.first_event_s
+        try:
+            async with asyncio.timeout(seconds):
+                return await self.inner.open(request)
+        except TimeoutError:
+            raise TransientError(
+                "deadline_exceeded", f"the answer did not start within {seconds:g} s"
+            ) from None
+
+    def _wait(self, state: RetryCallState) -> float:
+        policy = self.policy
+        growth = policy.multiplier ** (state.attempt_number - 1)
+        backoff = min(policy.max_s, policy.initial_s * growth)
+        wait = random.uniform(backoff / 2, backoff)
+        error = state.outcome.exception() if state.outcome else None
+        asked = error.retry_after if isinstance(error, BackendError) else None
+        return max(wait, asked or 0.0)
+
+
+
+class Fallback:
+    """Tries each upstream in turn while the previous ones fail transiently before starting."""
+
+    def __init__(self, chain: list[Upstream]) -> None:
+        self.chain = chain
+
+    async def open(self, request: QARequest) -> Answer:
+        for upstream in self.chain[:-1]:
+            try:
+                return await upstream.open(request)
+            except TransientError:
+                continue
+        return await self.chain[-1].open(request)
