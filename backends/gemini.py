@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any, Literal
 
 import grpc
+from google.api_core.client_options import ClientOptions
 from google.cloud.aiplatform_v1 import (
     Content,
     GenerateContentRequest,
@@ -16,7 +17,6 @@ from google.cloud.aiplatform_v1 import (
     PredictionServiceAsyncClient,
     SafetySetting,
 )
-from google.api_core.client_options import ClientOptions
 from google.cloud.aiplatform_v1.services.prediction_service.transports.grpc_asyncio import (
     PredictionServiceGrpcAsyncIOTransport,
 )
@@ -32,6 +32,7 @@ from backends.base import (
     Usage,
 )
 from backends.connection import UPSTREAM_ERRORS, ConnectionConfig, map_error
+from backends.text import char_index
 
 
 class GenerationSettings(BaseModel):
@@ -125,18 +126,26 @@ class GeminiBackend:
             )
             finish_reason = "stop"
             usage = None
+            pieces: list[str] = []
             async for message in call:
                 response = GenerateContentResponse.pb(message)
                 for candidate in response.candidates[:1]:
                     for part in candidate.content.parts:
                         if part.text and not part.thought:
+                            pieces.append(part.text)
                             yield Delta(part.text)
+                    # The SDK documents these offsets only as an "index into the content", with
+                    # no unit (grounding segments say bytes): they pass through unchanged.
                     for cited in candidate.citation_metadata.citations:
                         yield Citation(
                             cited.start_index,
                             cited.end_index,
                             (Source(cited.title, cited.uri),),
                         )
+                    if candidate.grounding_metadata.grounding_supports:
+                        text = "".join(pieces)
+                        for citation in grounding_citations(candidate.grounding_metadata, text):
+                            yield citation
                     if candidate.finish_reason:
                         finish_reason = candidate.FinishReason.Name(candidate.finish_reason)
                 if response.HasField("usage_metadata"):
@@ -163,6 +172,34 @@ class GeminiBackend:
         if self._client is not None:
             await self._client.transport.close()  # type: ignore[no-untyped-call]
             self._client = None
+
+
+def grounding_citations(metadata: Any, text: str) -> Iterator[Citation]:
+    """A raw ``GroundingMetadata``'s supports as citations into ``text``, the answer so far.
+
+    The SDK documents segment offsets as UTF-8 bytes; they become character offsets.
+    """
+    encoded = text.encode()
+    chunks = metadata.grounding_chunks
+    for support in metadata.grounding_supports:
+        sources = (
+            _chunk_source(chunks[i]) for i in support.grounding_chunk_indices if i < len(chunks)
+        )
+        yield Citation(
+            char_index(encoded, support.segment.start_index),
+            char_index(encoded, support.segment.end_index),
+            tuple(source for source in sources if source is not None),
+        )
+
+
+def _chunk_source(chunk: Any) -> Source | None:
+    """The title, URI and (for retrieved and maps chunks) text of a raw ``GroundingChunk``."""
+    kind = chunk.WhichOneof("chunk_type")
+    if kind is None:
+        return None
+    found = getattr(chunk, kind)
+    snippet = found.text if kind != "web" and found.text else None
+    return Source(found.title, found.uri, snippet)
 
 
 def _request_template(config: GeminiConfig) -> GenerateContentRequest:

@@ -33,6 +33,11 @@ class Behaviour:
     """Stop sending, without ending the call, after this many chunks (0: hang at once)."""
     retry_after_ms: float | None = None
     """Attach a ``google.rpc.RetryInfo`` with this delay to injected failures."""
+    cumulative: bool = False
+    """Agent Builder: each response's ``answer_text`` is the whole answer so far, not the next
+    sentence."""
+    skip_marker: str = "[skip]"
+    """Agent Builder: a query containing this is skipped (fallback text and skipped reasons)."""
 
 
 @dataclass
@@ -45,6 +50,10 @@ class Call:
     completed: bool = False
     cancelled: bool = False
     failed: str | None = None
+    session: str | None = None
+    """Agent Builder: the session this call continued or started."""
+    turn: int | None = None
+    """Agent Builder: which turn of ``session`` this call answers (1 for a new session)."""
 
 
 @dataclass
@@ -54,6 +63,8 @@ class Emulator:
     behaviour: Behaviour = field(default_factory=Behaviour)
     calls: list[Call] = field(default_factory=list)
     port: int = 0
+    sessions: dict[str, int] = field(default_factory=dict)
+    """Agent Builder sessions: name -> turns answered so far."""
     _server: grpc.aio.Server | None = None
     _failures: int = 0
 
@@ -62,10 +73,10 @@ class Emulator:
         return f"127.0.0.1:{self.port}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> Emulator:
-        from backends.emulator import gemini
+        from backends.emulator import gemini, search
 
         self._server = grpc.aio.server()
-        self._server.add_generic_rpc_handlers((gemini.handler(self),))
+        self._server.add_generic_rpc_handlers((gemini.handler(self), search.handler(self)))
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         await self._server.start()
         return self
@@ -76,9 +87,10 @@ class Emulator:
             self._server = None
 
     def reset(self, behaviour: Behaviour | None = None) -> None:
-        """Forget recorded calls and start over with ``behaviour`` (default knobs if None)."""
+        """Forget calls and sessions; start over with ``behaviour`` (default knobs if None)."""
         self.behaviour = behaviour or Behaviour()
         self.calls.clear()
+        self.sessions.clear()
         self._failures = 0
 
     def calls_to(self, method: str) -> list[Call]:
