@@ -17,7 +17,7 @@ from backends.base import BackendError, QARequest
 from gateway.errors import HTTPProblem
 from gateway.guard import Guards, StreamGuard
 from gateway.runtime import Runtime
-from gateway.upstream import Answer
+from gateway.upstream import Answer, Ask
 from gateway.wire import Wire, choose_wire, error_body, event_body
 
 router = APIRouter()
@@ -67,8 +67,15 @@ async def qa(request: Request, format: str | None = None) -> Response:
             503, "shutting_down", "the gateway is shutting down", headers={"Retry-After": "1"}
         )
     request_id = _request_id(request)
+    directives = request.headers.get("cache-control", "").lower()
+    ask = Ask(
+        question,
+        tenant=runtime.settings.cache.tenant,
+        cache_read="no-cache" not in directives,
+        cache_write="no-store" not in directives,
+    )
     try:
-        answer = await runtime.upstreams[backend_name].open(question)
+        answer = await runtime.upstreams[backend_name].open(ask)
     except BackendError as exc:
         raise HTTPProblem.from_backend(exc) from None
     meta = {
@@ -76,12 +83,13 @@ async def qa(request: Request, format: str | None = None) -> Response:
         "backend": answer.backend.name,
         "model": answer.backend.model,
         "emulated": answer.backend.emulated,
+        "cached": answer.cache == "HIT",
     }
     idle_s = runtime.settings.backends[answer.backend.name].idle_s
     return StreamingResponse(
         _frames(answer, wire, meta, idle_s, runtime.guards),
         media_type=wire.media_type,
-        headers=STREAM_HEADERS | {"X-Request-ID": request_id},
+        headers=STREAM_HEADERS | {"X-Request-ID": request_id, "X-Cache": answer.cache},
     )
 
 

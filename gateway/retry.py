@@ -22,8 +22,8 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from backends.base import BackendError, QARequest, TransientError
-from gateway.upstream import Answer, Upstream
+from backends.base import BackendError, TransientError
+from gateway.upstream import Answer, Ask, Upstream
 
 
 class RetryPolicy(BaseModel):
@@ -92,11 +92,11 @@ class Retrying:
         self.policy = policy
         self.budget = budget
 
-    async def open(self, request: QARequest) -> Answer:
+    async def open(self, ask: Ask) -> Answer:
         self.budget.record_request()
         first_error: TransientError | None
         try:
-            return await self._attempt(request)
+            return await self._attempt(ask)
         except TransientError as exc:
             first_error = exc
         policy = self.policy
@@ -115,14 +115,14 @@ class Retrying:
                 if first_error is not None:
                     replay, first_error = first_error, None
                     raise replay  # the first attempt's failure, so tenacity schedules a retry
-                return await self._attempt(request)
+                return await self._attempt(ask)
         raise AssertionError("unreachable: tenacity returns or re-raises")
 
-    async def _attempt(self, request: QARequest) -> Answer:
+    async def _attempt(self, ask: Ask) -> Answer:
         seconds = self.policy.first_event_s
         try:
             async with asyncio.timeout(seconds):
-                return await self.inner.open(request)
+                return await self.inner.open(ask)
         except TimeoutError:
             raise TransientError(
                 "deadline_exceeded", f"the answer did not start within {seconds:g} s"
@@ -138,17 +138,16 @@ class Retrying:
         return max(wait, asked or 0.0)
 
 
-
 class Fallback:
     """Tries each upstream in turn while the previous ones fail transiently before starting."""
 
     def __init__(self, chain: list[Upstream]) -> None:
         self.chain = chain
 
-    async def open(self, request: QARequest) -> Answer:
+    async def open(self, ask: Ask) -> Answer:
         for upstream in self.chain[:-1]:
             try:
-                return await upstream.open(request)
+                return await upstream.open(ask)
             except TransientError:
                 continue
-        return await self.chain[-1].open(request)
+        return await self.chain[-1].open(ask)

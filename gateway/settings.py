@@ -17,12 +17,13 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from backends.agent_builder import AgentBuilderConfig
 from backends.gemini import GeminiConfig
+from gateway.cache import BackendCachePolicy, CacheSettings
 from gateway.retry import RetryPolicy
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
 
 
-class Policies(BaseModel):
+class Policies(BackendCachePolicy):
     """What the gateway does around any backend (the backend itself never sees these)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -86,6 +87,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(8.0, ge=0)
     """On SIGTERM, open streams get this long to finish (Cloud Run kills after 10 s)."""
     retry_budget: RetryBudgetSettings = RetryBudgetSettings()
+    redis_url: str | None = None
+    """``redis://host:port/db`` to cache in (and coalesce through) Redis; in memory if unset."""
+    cache: CacheSettings = CacheSettings()
 
     @classmethod
     def settings_customise_sources(

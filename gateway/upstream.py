@@ -10,6 +10,19 @@ from typing import Protocol
 from backends.base import Backend, Event, QARequest, TransientError
 
 
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """A question as the gateway handles it: the backend's request plus gateway options."""
+
+    request: QARequest
+    tenant: str = "default"
+    """Whose cache entries this question may read and write."""
+    cache_read: bool = True
+    """False for ``Cache-Control: no-cache``: answer afresh (and refresh the entry)."""
+    cache_write: bool = True
+    """False for ``Cache-Control: no-store``: keep no copy of the answer."""
+
+
 @dataclass(slots=True)
 class Answer:
     """A started answer: its first event, the rest to come, and who gave it."""
@@ -17,6 +30,8 @@ class Answer:
     backend: Backend
     first: Event
     rest: AsyncGenerator[Event, None]
+    cache: str = "BYPASS"
+    """``HIT`` (replayed), ``MISS`` (looked up, then generated) or ``BYPASS`` (not cached)."""
 
     async def aclose(self) -> None:
         """Stop the answer early; the upstream call is cancelled."""
@@ -26,7 +41,7 @@ class Answer:
 class Upstream(Protocol):
     """Anything that opens answers: a backend, or a wrapper around one."""
 
-    async def open(self, request: QARequest) -> Answer:
+    async def open(self, ask: Ask) -> Answer:
         """Start answering; raises ``BackendError`` if the answer cannot start."""
         ...
 
@@ -37,8 +52,8 @@ class Direct:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
-    async def open(self, request: QARequest) -> Answer:
-        events = self.backend.stream(request)
+    async def open(self, ask: Ask) -> Answer:
+        events = self.backend.stream(ask.request)
         try:
             first = await anext(events)
         except StopAsyncIteration:

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from backends.base import Citation, Delta, Event
+from backends.base import Citation, Delta, Done, Event, Source, Usage
 
 Body = dict[str, Any]
 
@@ -43,6 +43,27 @@ def event_body(event: Event) -> Body:
     if event.related_questions:
         body["related_questions"] = list(event.related_questions)
     return body
+
+
+def event_from_body(kind: str, body: Body) -> Event:
+    """The event ``event_body`` made ``body`` from (for replays); raises on a malformed body."""
+    if kind == "delta":
+        return Delta(body["text"])
+    if kind == "citation":
+        sources = tuple(Source(s["title"], s["uri"], s.get("snippet")) for s in body["sources"])
+        return Citation(body["start"], body["end"], sources)
+    if kind == "done":
+        usage = body["usage"]
+        return Done(
+            body["finish_reason"],
+            Usage(usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])
+            if usage is not None
+            else None,
+            body.get("session_id"),
+            tuple(body.get("skip_reasons", ())),
+            tuple(body.get("related_questions", ())),
+        )
+    raise ValueError(f"unknown event type {kind!r}")
 
 
 def error_body(code: str, message: str, retryable: bool) -> Body:

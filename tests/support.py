@@ -30,6 +30,7 @@ def settings_for(emulator: Emulator, **overrides: Any) -> Settings:
                 "endpoint": emulator.address,
                 "insecure": True,
                 "retry": FAST_RETRY,
+                "cache": False,
             },
         },
     }

@@ -7,7 +7,7 @@ from unittest.mock import Mock
 from tenacity import RetryCallState
 
 from backends.base import TransientError
-from gateway.retry import RetryBudget, RetryPolicy, Retrying
+from gateway.retry import RetryBudget, Retrying, RetryPolicy
 
 
 def state_after(attempt: int, error: Exception) -> RetryCallState:

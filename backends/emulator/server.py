@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ class Behaviour:
     """Abort every call after sending this many chunks."""
     hang_after: int | None = None
     """Stop sending, without ending the call, after this many chunks (0: hang at once)."""
+    hang_first: int = 0
+    """Hang this many calls (counted from the last reset) before sending anything."""
     retry_after_ms: float | None = None
     """Attach a ``google.rpc.RetryInfo`` with this delay to injected failures."""
     cumulative: bool = False
@@ -46,6 +49,7 @@ class Call:
 
     method: str
     request: Any
+    received_at: float = field(default_factory=time.monotonic)
     chunks_sent: int = 0
     completed: bool = False
     cancelled: bool = False
@@ -67,6 +71,7 @@ class Emulator:
     """Agent Builder sessions: name -> turns answered so far."""
     _server: grpc.aio.Server | None = None
     _failures: int = 0
+    _hangs: int = 0
 
     @property
     def address(self) -> str:
@@ -92,6 +97,7 @@ class Emulator:
         self.calls.clear()
         self.sessions.clear()
         self._failures = 0
+        self._hangs = 0
 
     def calls_to(self, method: str) -> list[Call]:
         return [call for call in self.calls if call.method == method]
@@ -110,6 +116,9 @@ class Emulator:
             if self._failures < knobs.fail_first:
                 self._failures += 1
                 await self._abort(call, context)
+            if self._hangs < knobs.hang_first:
+                self._hangs += 1
+                await asyncio.Event().wait()
             for index, response in enumerate(responses):
                 if index == knobs.fail_after:
                     await self._abort(call, context)

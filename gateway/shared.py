@@ -1,0 +1,198 @@
+"""Single flight across gateway instances sharing one Redis.
+
+The instance that takes ``{key}:lock`` calls the upstream and publishes the events to the
+stream ``{key}:events``; any other instance asking meanwhile follows that stream (from its
+start, so late joiners miss nothing) instead of calling the upstream again. Followers count
+themselves in ``{key}:followers`` so the caller keeps going while anyone still listens.
+Every key expires; Redis trouble means each instance answers on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable
+from functools import partial
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from backends.base import Backend, BackendError, Event, TransientError, error_for
+from gateway.flight import Flight
+from gateway.stores import Breaker
+from gateway.upstream import Answer
+from gateway.wire import error_body, event_body, event_from_body
+
+Entry = tuple[str, dict[str, object]]
+
+
+class SharedFlights:
+    """Claims, publishes and follows flights in Redis."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        reader: Redis,
+        breaker: Breaker,
+        *,
+        lock_ttl_s: float = 10.0,
+        stream_ttl_s: float = 60.0,
+        block_ms: int = 500,
+    ) -> None:
+        self.redis = redis
+        self.reader = reader  # blocking reads need a longer socket timeout
+        self.breaker = breaker
+        self.lock_ttl_ms = int(lock_ttl_s * 1000)
+        self.stream_ttl_ms = int(stream_ttl_s * 1000)
+        self.block_ms = block_ms
+
+    async def claim(self, key: str) -> bool:
+        """True when this instance should call the upstream: it took the lock, or Redis is
+        unavailable (then every instance answers on its own)."""
+        taken = await self.breaker.call(
+            lambda: self.redis.set(f"{key}:lock", b"1", nx=True, px=self.lock_ttl_ms), True
+        )
+        return bool(taken)
+
+    def publish(self, key: str, flight: Flight) -> Publisher:
+        """Publish ``flight``'s events under ``key`` as they arrive."""
+        return Publisher(self, key, flight)
+
+    async def follow(
+        self, key: str, backends: Callable[[str], Backend], first_event_s: float
+    ) -> Answer | None:
+        """The answer another instance is producing, or None if none shows up in time."""
+        counted = await self.breaker.call(lambda: self._count_follower(key, +1), None)
+        if counted is None:
+            return None
+        entries = self._entries(key)
+        backend: Backend | None = None
+        try:
+            async with asyncio.timeout(first_event_s):
+                async for kind, body in entries:
+                    if kind == "meta":
+                        backend = backends(str(body["backend"]))
+                        continue
+                    first = _event(kind, body)
+                    break
+                else:
+                    raise TransientError("aborted", "the shared answer ended early")
+        except BaseException as error:
+            await entries.aclose()
+            await self.breaker.call(lambda: self._count_follower(key, -1), None)
+            if isinstance(error, TimeoutError):
+                return None
+            raise
+        assert backend is not None
+        return Answer(backend, first, self._rest(key, entries))
+
+    async def _rest(
+        self, key: str, entries: AsyncGenerator[Entry, None]
+    ) -> AsyncGenerator[Event, None]:
+        try:
+            async for kind, body in entries:
+                event = _event(kind, body)
+                yield event
+                if event.type == "done":
+                    return
+        finally:
+            await entries.aclose()
+            await self.breaker.call(lambda: self._count_follower(key, -1), None)
+
+    async def _entries(self, key: str) -> AsyncGenerator[Entry, None]:
+        last: bytes = b"0-0"
+        while True:
+            if not self.breaker.allows():
+                raise TransientError("unavailable", "lost the shared answer: Redis is unavailable")
+            try:
+                reply: Any = await self.reader.xread(
+                    {f"{key}:events": last}, count=256, block=self.block_ms
+                )
+            except (RedisError, OSError, TimeoutError) as error:
+                self.breaker.failed(error)
+                raise TransientError("unavailable", "lost the shared answer") from None
+            for _, messages in reply:
+                for message_id, fields in messages:
+                    last = message_id
+                    kind, body = orjson.loads(fields[b"e"])
+                    yield kind, body
+
+    async def _count_follower(self, key: str, step: int) -> int:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incrby(f"{key}:followers", step)
+            pipe.pexpire(f"{key}:followers", self.stream_ttl_ms)
+            count, _ = await pipe.execute()
+        return int(count)
+
+
+class Publisher:
+    """Sends a flight's events to Redis in batches: whatever is ready goes in one round trip."""
+
+    def __init__(self, shared: SharedFlights, key: str, flight: Flight) -> None:
+        self.shared = shared
+        self.key = key
+        self.remote_followers = 0
+        self._pending: list[bytes] = []
+        self._ready = asyncio.Event()
+        self._closing = False
+        self._meta_sent = False
+        self._flight = flight
+        flight.on_event = self._on_event
+        flight.keep_alive = lambda: self.remote_followers > 0
+        self._task = asyncio.create_task(self._run())
+
+    def _on_event(self, event: Event) -> None:
+        self._push(event.type, event_body(event))
+
+    def _push_meta_once(self) -> None:
+        if not self._meta_sent and self._flight.backend is not None:
+            self._meta_sent = True
+            self._pending.append(orjson.dumps(["meta", {"backend": self._flight.backend.name}]))
+
+    def _push(self, kind: str, body: dict[str, object]) -> None:
+        self._push_meta_once()
+        self._pending.append(orjson.dumps([kind, body]))
+        self._ready.set()
+
+    async def finish(self, end: Event | BackendError) -> None:
+        """Publish the end (``done`` or an error), wait for the last batch, release the lock."""
+        if isinstance(end, BackendError):
+            self._push("error", error_body(end.code, end.message, end.retryable))
+        else:
+            self._push(end.type, event_body(end))
+        self._closing = True
+        self._ready.set()
+        await self._task
+        await self.shared.breaker.call(lambda: self.shared.redis.delete(f"{self.key}:lock"), 0)
+
+    async def _run(self) -> None:
+        shared = self.shared
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            batch, self._pending = self._pending, []
+            sent = not batch or await shared.breaker.call(partial(self._send, batch), False)
+            if not sent:
+                return  # Redis failed: followers time out and answer on their own
+            if self._closing and not self._pending:
+                return
+            self._flight.abandon_if_unfollowed()
+
+    async def _send(self, batch: list[bytes]) -> bool:
+        shared, key = self.shared, self.key
+        async with shared.redis.pipeline(transaction=False) as pipe:
+            for item in batch:
+                pipe.xadd(f"{key}:events", {"e": item})
+            pipe.pexpire(f"{key}:events", shared.stream_ttl_ms)
+            pipe.pexpire(f"{key}:lock", shared.lock_ttl_ms)
+            pipe.get(f"{key}:followers")
+            replies = await pipe.execute()
+        self.remote_followers = int(replies[-1] or 0)
+        return True
+
+
+def _event(kind: str, body: dict[str, object]) -> Event:
+    if kind == "error":
+        raise error_for(str(body["code"]), str(body["message"]))
+    return event_from_body(kind, body)

@@ -1,0 +1,132 @@
+"""Where cached answers live: Redis when configured, else a bounded in-process map.
+
+Redis trouble never fails a request: every call has short timeouts, a ``Breaker`` stops
+asking a failing Redis for a while, and each failure reads as a miss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("gateway.cache")
+T = TypeVar("T")
+
+
+class Store(Protocol):
+    """Bytes under keys, each with an expiry."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryStore:
+    """A least-recently-used map bounded in entries and bytes, for a gateway without Redis."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    async def get(self, key: str) -> bytes | None:
+        item = self._entries.get(key)
+        if item is None:
+            return None
+        expires, value = item
+        if expires <= _now():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        if len(value) > self.max_bytes:
+            return
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = (_now() + ttl_s, value)
+        self.size += len(value)
+        while len(self._entries) > self.max_entries or self.size > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: str) -> None:
+        _, value = self._entries.pop(key)
+        self.size -= len(value)
+
+    async def aclose(self) -> None:
+        self._entries.clear()
+        self.size = 0
+
+
+class Breaker:
+    """Open for ``open_s`` after a failure: callers skip Redis instead of waiting on it.
+
+    Logs once when Redis fails and once when it answers again.
+    """
+
+    def __init__(self, open_s: float) -> None:
+        self.open_s = open_s
+        self.failing = False
+        self._open_until = 0.0
+
+    def allows(self) -> bool:
+        return _now() >= self._open_until
+
+    def failed(self, error: Exception) -> None:
+        self._open_until = _now() + self.open_s
+        if not self.failing:
+            self.failing = True
+            log.warning(
+                "redis unavailable (%s); caching paused for %gs at a time",
+                type(error).__name__,
+                self.open_s,
+            )
+
+    def succeeded(self) -> None:
+        if self.failing:
+            self.failing = False
+            log.warning("redis answers again; caching resumed")
+
+    async def call(self, operation: Callable[[], Awaitable[Any]], default: T) -> Any | T:
+        """``operation()``, or ``default`` when the breaker is open or Redis fails."""
+        if not self.allows():
+            return default
+        try:
+            result = await operation()
+        except (TimeoutError, RedisError, OSError) as error:
+            self.failed(error)
+            return default
+        self.succeeded()
+        return result
+
+
+class RedisStore:
+    """Cached answers in Redis, every call behind the breaker."""
+
+    def __init__(self, redis: Redis, breaker: Breaker) -> None:
+        self.redis = redis
+        self.breaker = breaker
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self.breaker.call(lambda: self.redis.get(key), None)
+        return cast(bytes | None, value)
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        await self.breaker.call(lambda: self.redis.set(key, value, px=int(ttl_s * 1000)), None)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()

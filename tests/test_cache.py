@@ -1,0 +1,235 @@
+"""The answer cache on the real Redis (own key prefix per test), and single flight."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from backends.emulator import Behaviour, Emulator
+from backends.gemini import GeminiConfig
+from gateway.cache import cache_key
+from gateway.settings import Settings
+from tests.redis_support import SHARED_URL, RedisServer, delete_prefix, keys_under, new_prefix
+from tests.support import FAST_RETRY, gateway, parse_sse, settings_for, text_of, wait_for
+
+QUERY = {"query": "What does the cache keep?"}
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    prefix = new_prefix()
+    yield prefix
+    delete_prefix(SHARED_URL, prefix)
+
+
+def cached(emulator: Emulator, prefix: str, url: str = SHARED_URL, **extra: Any) -> Settings:
+    entry = {
+        "type": "gemini",
+        "endpoint": emulator.address,
+        "insecure": True,
+        "retry": FAST_RETRY,
+        **extra.pop("entry", {}),
+    }
+    return settings_for(
+        emulator,
+        backends={"gemini": entry},
+        redis_url=url,
+        cache={"prefix": prefix, "command_timeout_s": 0.05, "breaker_s": 0.3}
+        | extra.pop("cache", {}),
+        **extra,
+    )
+
+
+def answer_keys(prefix: str, url: str = SHARED_URL) -> dict[bytes, int]:
+    return {k: ttl for k, ttl in keys_under(url, prefix).items() if k.count(b":") == 2}
+
+
+def comparable(frames: list[tuple[int, str, dict[str, Any]]]) -> list[Any]:
+    """Frames without what legitimately differs between two answers: request id, cached."""
+    meta = {k: v for k, v in frames[0][2].items() if k not in ("request_id", "cached")}
+    return [(0, "meta", meta), *frames[1:]]
+
+
+async def test_miss_then_hit_replays_the_same_stream(
+    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+) -> None:
+    async with gateway(cached(emulator, prefix)) as url:
+        first = await client.post(f"{url}/qa", json=QUERY)
+        second = await client.post(f"{url}/qa", json={"query": "  What does the\tcache keep? "})
+
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+    one, two = parse_sse(first.content), parse_sse(second.content)
+    assert one[0][2]["cached"] is False
+    assert two[0][2]["cached"] is True
+    assert comparable(one) == comparable(two)
+    assert len(emulator.calls) == 1
+    [(_key, ttl)] = answer_keys(prefix).items()
+    assert 0 < ttl <= 3600 * 1000
+    assert all(ttl > 0 for ttl in keys_under(SHARED_URL, prefix).values())
+
+
+@pytest.mark.parametrize("fault", ["fail_after", "disconnect", "idle_timeout"])
+async def test_truncated_answers_are_not_stored(
+    client: httpx.AsyncClient, emulator: Emulator, prefix: str, fault: str
+) -> None:
+    behaviour = {
+        "fail_after": Behaviour(fail_after=3),
+        "disconnect": Behaviour(chunks=50, delay_ms=20),
+        "idle_timeout": Behaviour(hang_after=3),
+    }[fault]
+    emulator.reset(behaviour)
+    async with gateway(cached(emulator, prefix, entry={"idle_s": 0.2})) as url:
+        async with client.stream("POST", f"{url}/qa", json=QUERY) as response:
+            async for chunk in response.aiter_bytes():
+                if fault == "disconnect" and b"event: delta" in chunk:
+                    break
+        assert await wait_for(lambda: emulator.calls[0].cancelled or emulator.calls[0].failed)
+        await asyncio.sleep(0.05)
+        assert answer_keys(prefix) == {}
+        emulator.reset()
+        again = await client.post(f"{url}/qa", json=QUERY)
+    assert again.headers["x-cache"] == "MISS"
+
+
+def test_keys_differ_by_everything_that_changes_the_answer() -> None:
+    def key(query: str = "q", tenant: str = "t", **config: Any) -> str:
+        backend = GeminiConfig(type="gemini", **config).build("gemini")
+        return cache_key("p:", backend, query, tenant)
+
+    base = key()
+    assert key("  q ") == base
+    assert (
+        len(
+            {
+                base,
+                key(model="gemini-2.5-pro"),
+                key(generation={"temperature": 0.9}),
+                key(safety={"HARM_CATEGORY_HARASSMENT": "OFF"}),
+                key(system_instruction="Be terse."),
+                key(tenant="other"),
+                key("Q"),
+            }
+        )
+        == 7
+    )
+    assert key(deadline_s=5) == base  # not part of the answer
+
+
+async def test_tenants_and_models_never_share_answers(
+    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+) -> None:
+    for settings in (
+        cached(emulator, prefix),
+        cached(emulator, prefix, cache={"tenant": "acme"}),
+        cached(emulator, prefix, entry={"model": "gemini-2.5-pro"}),
+    ):
+        async with gateway(settings) as url:
+            response = await client.post(f"{url}/qa", json=QUERY)
+            assert response.headers["x-cache"] == "MISS"
+    assert len(emulator.calls) == 3
+    assert len(answer_keys(prefix)) == 3
+
+
+async def test_garbage_entry_is_a_miss_then_overwritten(
+    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+) -> None:
+    async with gateway(cached(emulator, prefix)) as url:
+        await client.post(f"{url}/qa", json=QUERY)
+        [key] = answer_keys(prefix)
+        for garbage in (b"\x00not json", b'{"v": 0, "events": []}', b'{"v": 1}'):
+            with redis.Redis.from_url(SHARED_URL) as r:
+                r.set(key, garbage, px=60_000)
+            miss = await client.post(f"{url}/qa", json=QUERY)
+            hit = await client.post(f"{url}/qa", json=QUERY)
+            assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("MISS", "HIT")
+            assert text_of(parse_sse(hit.content)) == text_of(parse_sse(miss.content))
+    assert len(emulator.calls) == 4
+
+
+async def test_identical_concurrent_requests_share_one_call(
+    emulator: Emulator, prefix: str
+) -> None:
+    emulator.reset(Behaviour(chunks=20, delay_ms=10))
+    async with (
+        gateway(cached(emulator, prefix)) as url,
+        httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=60)) as client,
+    ):
+        responses = await asyncio.gather(*(client.post(f"{url}/qa", json=QUERY) for _ in range(50)))
+    answers = [comparable(parse_sse(r.content)) for r in responses]
+    assert all(answer == answers[0] for answer in answers)
+    assert answers[0][-1][1] == "done"
+    assert len(emulator.calls) == 1
+
+
+async def test_failure_reaches_every_client_and_nothing_is_stored(
+    emulator: Emulator, prefix: str
+) -> None:
+    emulator.reset(Behaviour(chunks=20, delay_ms=20, fail_after=5))
+    async with gateway(cached(emulator, prefix)) as url, httpx.AsyncClient(timeout=30) as client:
+        responses = await asyncio.gather(*(client.post(f"{url}/qa", json=QUERY) for _ in range(5)))
+    for response in responses:
+        kinds = [kind for _, kind, _ in parse_sse(response.content)]
+        assert kinds == ["meta"] + ["delta"] * 5 + ["error"]
+    assert len(emulator.calls) == 1
+    assert answer_keys(prefix) == {}
+
+
+async def test_cache_control_and_bypasses(
+    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+) -> None:
+    settings = cached(emulator, prefix)
+    settings.backends["plain"] = settings.backends["gemini"].model_copy(update={"cache": False})
+    async with gateway(settings) as url:
+        stored_nothing = await client.post(
+            f"{url}/qa", json=QUERY, headers={"Cache-Control": "no-store"}
+        )
+        assert stored_nothing.headers["x-cache"] == "MISS"
+        assert answer_keys(prefix) == {}
+        await client.post(f"{url}/qa", json=QUERY)
+        refreshed = await client.post(
+            f"{url}/qa", json=QUERY, headers={"Cache-Control": "no-cache"}
+        )
+        assert refreshed.headers["x-cache"] == "BYPASS"
+        assert len(emulator.calls) == 3
+        follow_up = await client.post(f"{url}/qa", json=QUERY | {"session_id": "s1"})
+        assert follow_up.headers["x-cache"] == "BYPASS"
+        off = await client.post(f"{url}/qa", json=QUERY | {"backend": "plain"})
+        assert off.headers["x-cache"] == "BYPASS"
+        assert len(emulator.calls) == 5
+        assert (await client.post(f"{url}/qa", json=QUERY)).headers["x-cache"] == "HIT"
+
+
+async def timed(client: httpx.AsyncClient, url: str, query: str) -> tuple[float, httpx.Response]:
+    started = time.monotonic()
+    response = await client.post(f"{url}/qa", json={"query": query})
+    return time.monotonic() - started, response
+
+
+@pytest.mark.parametrize("outage", ["stopped", "paused"])
+async def test_redis_trouble_never_fails_a_request(
+    client: httpx.AsyncClient, emulator: Emulator, outage: str
+) -> None:
+    server = RedisServer().start()
+    try:
+        async with gateway(cached(emulator, "t:", url=server.url)) as url:
+            normal = max([(await timed(client, url, f"warm {i}"))[0] for i in range(3)])
+            server.stop() if outage == "stopped" else server.pause()
+            for i in range(5):
+                elapsed, response = await timed(client, url, f"during {i}")
+                assert response.status_code == 200
+                assert parse_sse(response.content)[-1][1] == "done"
+                # Bounded by the Redis timeouts (50 ms here), never a hang; 250 ms of slack
+                # for this noisy machine.
+                assert elapsed < normal + 0.25
+            server.start() if outage == "stopped" else server.resume()
+            await asyncio.sleep(0.4)  # the breaker's pause
+            await client.post(f"{url}/qa", json={"query": "after"})
+            assert (await timed(client, url, "after"))[1].headers["x-cache"] == "HIT"
+    finally:
+        server.stop()

@@ -1,0 +1,111 @@
+"""Two gateway processes sharing one Redis: one upstream call for everyone asking at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backends.emulator import Behaviour, Emulator
+from tests.redis_support import SHARED_URL, delete_prefix, new_prefix
+from tests.support import parse_sse, text_of, wait_for
+
+QUERY = {"query": "Who answers when two gateways are asked?"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def two_gateways(emulator: Emulator, tmp_path: Path) -> Iterator[list[str]]:
+    prefix = new_prefix()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""
+default_backend = "gemini"
+redis_url = "{SHARED_URL}"
+[cache]
+prefix = "{prefix}"
+[backends.gemini]
+type = "gemini"
+endpoint = "{emulator.address}"
+insecure = true
+"""
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")}
+    ports = [free_port(), free_port()]
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    try:
+        yield [f"http://127.0.0.1:{port}" for port in ports]
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=20)
+        delete_prefix(SHARED_URL, prefix)
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=0.5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+async def test_two_processes_share_one_upstream_call(
+    two_gateways: list[str], emulator: Emulator
+) -> None:
+    first_url, second_url = two_gateways
+    assert await wait_for(lambda: all(map(ready, two_gateways)), 60)
+    emulator.reset(Behaviour(chunks=30, delay_ms=30))
+    limits = httpx.Limits(max_connections=100)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        # The first asker, on the first gateway, leaves after one delta...
+        async with client.stream("POST", f"{first_url}/qa", json=QUERY) as response:
+            async for chunk in response.aiter_bytes():
+                if b"event: delta" in chunk:
+                    # ...while 49 more ask both gateways, most of them the second one.
+                    others = [
+                        asyncio.create_task(client.post(f"{url}/qa", json=QUERY))
+                        for url in [first_url] * 9 + [second_url] * 40
+                    ]
+                    await asyncio.sleep(0.2)
+                    break
+        responses = await asyncio.gather(*others)
+
+    texts = {text_of(parse_sse(r.content)) for r in responses}
+    assert len(texts) == 1
+    assert all(parse_sse(r.content)[-1][1] == "done" for r in responses)
+    assert all(len([f for f in parse_sse(r.content) if f[1] == "delta"]) == 30 for r in responses)
+    assert len(emulator.calls) == 1
+    assert emulator.calls[0].completed
+    assert not emulator.calls[0].cancelled
