@@ -38,7 +38,7 @@ class CacheSettings(BaseModel):
     """Namespace of this gateway's entries; answers never cross tenants."""
     memory_max_entries: int = Field(10_000, gt=0)
     memory_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
-    connect_timeout_s: float = Field(0.1, gt=0)
+    connect_timeout_s: float = Field(0.5, gt=0)
     command_timeout_s: float = Field(0.1, gt=0)
     breaker_s: float = Field(5.0, gt=0)
     """After a Redis failure, skip Redis for this long."""

@@ -10,6 +10,7 @@ Every key expires; Redis trouble means each instance answers on its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Callable
 from functools import partial
 from typing import Any
@@ -74,15 +75,13 @@ class SharedFlights:
                     if kind == "meta":
                         backend = backends(str(body["backend"]))
                         continue
-                    first = _event(kind, body)
+                    first = _event(kind, body)  # raises the error the other instance got
                     break
-                else:
-                    raise TransientError("aborted", "the shared answer ended early")
         except BaseException as error:
             await entries.aclose()
             await self.breaker.call(lambda: self._count_follower(key, -1), None)
-            if isinstance(error, TimeoutError):
-                return None
+            if isinstance(error, TimeoutError | _Lost):
+                return None  # nobody is answering after all: answer it here
             raise
         assert backend is not None
         return Answer(backend, first, self._rest(key, entries))
@@ -96,22 +95,25 @@ class SharedFlights:
                 yield event
                 if event.type == "done":
                     return
+        except _Lost as lost:
+            raise TransientError("unavailable", f"lost the shared answer: {lost}") from None
         finally:
             await entries.aclose()
             await self.breaker.call(lambda: self._count_follower(key, -1), None)
 
     async def _entries(self, key: str) -> AsyncGenerator[Entry, None]:
+        """The flight's entries from the first; ``_Lost`` if Redis or the caller goes away."""
         last: bytes = b"0-0"
-        while True:
-            if not self.breaker.allows():
-                raise TransientError("unavailable", "lost the shared answer: Redis is unavailable")
+        while True:  # not gated by the breaker: a follower has no other source
             try:
                 reply: Any = await self.reader.xread(
                     {f"{key}:events": last}, count=256, block=self.block_ms
                 )
+                if not reply and not await self.reader.exists(f"{key}:lock"):
+                    raise _Lost("the instance answering it is gone")
             except (RedisError, OSError, TimeoutError) as error:
                 self.breaker.failed(error)
-                raise TransientError("unavailable", "lost the shared answer") from None
+                raise _Lost("Redis is unavailable") from None
             for _, messages in reply:
                 for message_id, fields in messages:
                     last = message_id
@@ -124,6 +126,10 @@ class SharedFlights:
             pipe.pexpire(f"{key}:followers", self.stream_ttl_ms)
             count, _ = await pipe.execute()
         return int(count)
+
+
+class _Lost(Exception):
+    """The shared answer can no longer be followed."""
 
 
 class Publisher:
@@ -169,11 +175,13 @@ class Publisher:
     async def _run(self) -> None:
         shared = self.shared
         while True:
-            await self._ready.wait()
+            # Wake for events, or to refresh the lock (the heartbeat followers check).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(shared.lock_ttl_ms / 3000):
+                    await self._ready.wait()
             self._ready.clear()
             batch, self._pending = self._pending, []
-            sent = not batch or await shared.breaker.call(partial(self._send, batch), False)
-            if not sent:
+            if not await shared.breaker.call(partial(self._send, batch), False):
                 return  # Redis failed: followers time out and answer on their own
             if self._closing and not self._pending:
                 return

@@ -1,0 +1,155 @@
+"""What every answering route shares: reading the body, starting an answer, and the
+guarded event sequence that always ends in one terminal outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from backends.base import BackendError, Event, QARequest
+from gateway.errors import HTTPProblem
+from gateway.guard import StreamGuard
+from gateway.runtime import Runtime
+from gateway.upstream import Answer, Ask
+
+M = TypeVar("M", bound=BaseModel)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_INTERRUPTIONS = {
+    "idle_timeout": "the upstream sent nothing for too long",
+    "shutting_down": "the gateway is shutting down; ask again",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How a started answer ended when it did not end in ``done``."""
+
+    code: str
+    message: str
+    retryable: bool
+
+
+@dataclass(slots=True)
+class Started:
+    """An answer whose first event is in: the HTTP status is now 200."""
+
+    answer: Answer
+    request_id: str
+    idle_s: float
+
+    def meta(self) -> dict[str, Any]:
+        backend = self.answer.backend
+        return {
+            "request_id": self.request_id,
+            "backend": backend.name,
+            "model": backend.model,
+            "emulated": backend.emulated,
+            "cached": self.answer.cache == "HIT",
+        }
+
+    def headers(self) -> dict[str, str]:
+        return STREAM_HEADERS | {"X-Request-ID": self.request_id, "X-Cache": self.answer.cache}
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The parsed body; 413 past ``limit`` bytes, 400 if it is not JSON."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise HTTPProblem(413, "payload_too_large", f"the body exceeds {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPProblem(413, "payload_too_large", f"the body exceeds {limit} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise HTTPProblem(400, "invalid_json", "the body is not valid JSON") from None
+
+
+def validate(model: type[M], data: Any) -> M:
+    """``data`` as ``model``, or 422 naming the first problem (never echoing the input)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise HTTPProblem(422, "invalid_request", f"{where}: {first['msg']}") from None
+
+
+def check_query(runtime: Runtime, query: str, field: str = "query") -> None:
+    if not query.strip():
+        raise HTTPProblem(422, "invalid_request", f"{field}: must not be empty or blank")
+    limit = runtime.settings.max_query_bytes
+    if len(query.encode()) > limit:
+        raise HTTPProblem(413, "query_too_long", f"{field} exceeds {limit} bytes")
+
+
+def backend_named(runtime: Runtime, name: str | None) -> str:
+    """The backend to ask: ``name`` or the default; 404 listing the configured ones."""
+    name = name or runtime.settings.default_backend
+    if name not in runtime.upstreams:
+        known = ", ".join(sorted(runtime.upstreams))
+        raise HTTPProblem(404, "unknown_backend", f"no backend {name!r}; configured: {known}")
+    return name
+
+
+async def start_answer(
+    request: Request, runtime: Runtime, question: QARequest, backend: str
+) -> Started:
+    """Open the answer through cache, retries and fallback; an error status if it can't start."""
+    if runtime.guards.draining:
+        raise HTTPProblem(
+            503, "shutting_down", "the gateway is shutting down", headers={"Retry-After": "1"}
+        )
+    given = request.headers.get("x-request-id")
+    request_id = given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    directives = request.headers.get("cache-control", "").lower()
+    ask = Ask(
+        question,
+        tenant=runtime.settings.cache.tenant,
+        cache_read="no-cache" not in directives,
+        cache_write="no-store" not in directives,
+    )
+    try:
+        answer = await runtime.upstreams[backend].open(ask)
+    except BackendError as exc:
+        raise HTTPProblem.from_backend(exc) from None
+    return Started(answer, request_id, runtime.settings.backends[answer.backend.name].idle_s)
+
+
+async def outcomes(started: Started, runtime: Runtime) -> AsyncIterator[Event | Failure]:
+    """The answer's events; a ``Failure`` last if it fails, stalls or is cut by shutdown.
+
+    Closing this iterator (a client leaving) cancels the upstream call.
+    """
+    answer = started.answer
+    guard = StreamGuard(started.idle_s, runtime.guards)
+    try:
+        yield answer.first
+        guard.waiting()
+        async for event in answer.rest:
+            guard.writing()
+            yield event
+            guard.waiting()
+    except BackendError as exc:
+        yield Failure(exc.code, exc.message, exc.retryable)
+    except asyncio.CancelledError:
+        if guard.reason is None:
+            raise  # the client went away
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        yield Failure(guard.reason, _INTERRUPTIONS[guard.reason], True)
+    finally:
+        guard.close()
+        await answer.aclose()
