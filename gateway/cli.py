@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     emulate.add_argument("--fail-code", default="UNAVAILABLE", help="gRPC status of failures")
     emulate.add_argument("--fail-after", type=int, help="abort every call after K chunks")
     emulate.add_argument("--hang", action="store_true", help="never send the first chunk")
+    emulate.add_argument(
+        "--cumulative", action="store_true", help="Agent Builder: send the answer so far each time"
+    )
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -66,6 +69,7 @@ def _emulate(args: argparse.Namespace) -> int:
         fail_code=args.fail_code,
         fail_after=args.fail_after,
         hang_after=0 if args.hang else None,
+        cumulative=args.cumulative,
     )
 
     async def run() -> None:

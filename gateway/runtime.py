@@ -45,7 +45,10 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
         if settings.emulator.enabled:
             knobs = settings.emulator
             behaviour = Behaviour(
-                chunks=knobs.chunks, delay_ms=knobs.delay_ms, first_delay_ms=knobs.first_delay_ms
+                chunks=knobs.chunks,
+                delay_ms=knobs.delay_ms,
+                first_delay_ms=knobs.first_delay_ms,
+                cumulative=knobs.cumulative,
             )
             emulator = await Emulator(behaviour).start(knobs.host, knobs.port)
             stack.push_async_callback(emulator.stop)

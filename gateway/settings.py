@@ -59,6 +59,8 @@ class EmulatorSettings(BaseModel):
     chunks: int = Field(12, gt=0)
     delay_ms: float = Field(40.0, ge=0)
     first_delay_ms: float = Field(150.0, ge=0)
+    cumulative: bool = False
+    """Agent Builder: send the whole answer so far in each response, not the next sentence."""
 
 
 class RetryBudgetSettings(BaseModel):

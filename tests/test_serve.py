@@ -56,3 +56,20 @@ def test_embedded_default_answers_from_the_emulator(served: str) -> None:
     assert frames[0][2]["backend"] == "gemini"
     assert [kind for _, kind, _ in frames][-1] == "done"
     assert len([f for f in frames if f[1] == "delta"]) == 12
+
+
+def test_embedded_default_caches_in_memory(served: str) -> None:
+    ask = {"query": "Does the default cache?"}
+    first = httpx.post(f"{served}/qa", json=ask, timeout=10)
+    second = httpx.post(f"{served}/qa", json=ask, timeout=10)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+    assert parse_sse(second.content)[0][2]["cached"] is True
+    assert parse_sse(first.content)[1:] == parse_sse(second.content)[1:]
+
+
+def test_embedded_default_serves_agent_builder(served: str) -> None:
+    response = httpx.post(f"{served}/qa", json={"query": "hi", "backend": "search"}, timeout=10)
+    kinds = [kind for _, kind, _ in parse_sse(response.content)]
+    assert kinds[0] == "meta"
+    assert "citation" in kinds
+    assert kinds[-1] == "done"
