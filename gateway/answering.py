@@ -4,7 +4,7 @@ guarded event sequence that always ends in one terminal outcome."""
 from __future__ import annotations
 
 import asyncio
-import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,10 +18,10 @@ from backends.base import BackendError, Event, QARequest
 from gateway.errors import HTTPProblem
 from gateway.guard import StreamGuard
 from gateway.runtime import Runtime
+from gateway.trace import Trace
 from gateway.upstream import Answer, Ask
 
 M = TypeVar("M", bound=BaseModel)
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _INTERRUPTIONS = {
     "idle_timeout": "the upstream sent nothing for too long",
@@ -43,13 +43,13 @@ class Started:
     """An answer whose first event is in: the HTTP status is now 200."""
 
     answer: Answer
-    request_id: str
+    trace: Trace
     idle_s: float
 
     def meta(self) -> dict[str, Any]:
         backend = self.answer.backend
         return {
-            "request_id": self.request_id,
+            "request_id": self.trace.request_id,
             "backend": backend.name,
             "model": backend.model,
             "emulated": backend.emulated,
@@ -57,7 +57,7 @@ class Started:
         }
 
     def headers(self) -> dict[str, str]:
-        return STREAM_HEADERS | {"X-Request-ID": self.request_id, "X-Cache": self.answer.cache}
+        return STREAM_HEADERS | {"X-Cache": self.answer.cache}
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -111,20 +111,31 @@ async def start_answer(
         raise HTTPProblem(
             503, "shutting_down", "the gateway is shutting down", headers={"Retry-After": "1"}
         )
-    given = request.headers.get("x-request-id")
-    request_id = given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    trace = trace_of(request)
+    trace.backend = backend
+    trace.query = question.query
     directives = request.headers.get("cache-control", "").lower()
     ask = Ask(
         question,
         tenant=runtime.settings.cache.tenant,
         cache_read="no-cache" not in directives,
         cache_write="no-store" not in directives,
+        trace=trace,
     )
     try:
         answer = await runtime.upstreams[backend].open(ask)
     except BackendError as exc:
         raise HTTPProblem.from_backend(exc) from None
-    return Started(answer, request_id, runtime.settings.backends[answer.backend.name].idle_s)
+    trace.first_event_s = time.perf_counter() - trace.started
+    trace.cache = answer.cache
+    trace.answered_by = answer.backend.name
+    return Started(answer, trace, runtime.settings.backends[answer.backend.name].idle_s)
+
+
+def trace_of(request: Request) -> Trace:
+    """The request's ``Trace`` (started by ``Observed``; a fresh one without it)."""
+    trace: Trace | None = request.scope.get("state", {}).get("trace")
+    return trace if trace is not None else Trace(uuid.uuid4().hex)
 
 
 async def outcomes(started: Started, runtime: Runtime) -> AsyncIterator[Event | Failure]:
@@ -132,8 +143,9 @@ async def outcomes(started: Started, runtime: Runtime) -> AsyncIterator[Event | 
 
     Closing this iterator (a client leaving) cancels the upstream call.
     """
-    answer = started.answer
+    answer, trace = started.answer, started.trace
     guard = StreamGuard(started.idle_s, runtime.guards)
+    trace.outcome = "disconnected"
     try:
         yield answer.first
         guard.waiting()
@@ -141,7 +153,10 @@ async def outcomes(started: Started, runtime: Runtime) -> AsyncIterator[Event | 
             guard.writing()
             yield event
             guard.waiting()
+        trace.outcome = "done"
     except BackendError as exc:
+        trace.outcome = exc.code
+        trace.upstream_errors.append(exc.code)
         yield Failure(exc.code, exc.message, exc.retryable)
     except asyncio.CancelledError:
         if guard.reason is None:
@@ -149,6 +164,7 @@ async def outcomes(started: Started, runtime: Runtime) -> AsyncIterator[Event | 
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
+        trace.outcome = guard.reason
         yield Failure(guard.reason, _INTERRUPTIONS[guard.reason], True)
     finally:
         guard.close()

@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from gateway import qa
 from gateway.errors import HTTPProblem
+from gateway.observe import Metrics, Observed
 from gateway.runtime import Runtime, running
 from gateway.settings import Settings
 
@@ -22,9 +24,11 @@ log = logging.getLogger("gateway")
 def create_app(settings: Settings) -> FastAPI:
     """The gateway as an ASGI app; backends and the emulator start with its lifespan."""
 
+    metrics = Metrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with running(settings) as runtime:
+        async with running(settings, metrics) as runtime:
             app.state.runtime = runtime
             yield
 
@@ -34,6 +38,11 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(qa.router)
+    app.add_middleware(Observed, metrics=metrics, log_queries=settings.log_queries)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def scrape() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -138,6 +138,8 @@ class Cached:
             plan = _Plan(key, ask)
             flight = Flight(lambda f: self._start(plan, f), lambda f: self._end(plan, f))
             self.flights[key] = flight
+        else:
+            ask.trace.coalesced = True
         answer = await flight.join()
         answer.cache = "MISS" if ask.cache_read else "BYPASS"
         return answer
@@ -155,6 +157,7 @@ class Cached:
                 following = await self.shared.follow(plan.key, self.backends, self.first_event_s)
                 if following is not None:
                     plan.store = False  # the instance that called the upstream stores it
+                    plan.ask.trace.coalesced = True
                     return following
         return await self.inner.open(plan.ask)
 

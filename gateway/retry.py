@@ -115,18 +115,24 @@ class Retrying:
                 if first_error is not None:
                     replay, first_error = first_error, None
                     raise replay  # the first attempt's failure, so tenacity schedules a retry
+                ask.trace.retries += 1
                 return await self._attempt(ask)
         raise AssertionError("unreachable: tenacity returns or re-raises")
 
     async def _attempt(self, ask: Ask) -> Answer:
+        ask.trace.attempts += 1
         seconds = self.policy.first_event_s
         try:
             async with asyncio.timeout(seconds):
                 return await self.inner.open(ask)
         except TimeoutError:
-            raise TransientError(
+            error: BackendError = TransientError(
                 "deadline_exceeded", f"the answer did not start within {seconds:g} s"
-            ) from None
+            )
+        except BackendError as exc:
+            error = exc
+        ask.trace.upstream_errors.append(error.code)
+        raise error
 
     def _wait(self, state: RetryCallState) -> float:
         policy = self.policy

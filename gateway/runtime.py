@@ -15,6 +15,7 @@ from backends.base import Backend
 from backends.emulator import Behaviour, Emulator
 from gateway.cache import Cached
 from gateway.guard import Guards
+from gateway.observe import Metrics
 from gateway.retry import Fallback, RetryBudget, Retrying
 from gateway.settings import Settings
 from gateway.shared import SharedFlights
@@ -38,7 +39,7 @@ class Runtime:
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Runtime]:
+async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Runtime]:
     """Start the embedded emulator if configured, build the backends, close all on exit."""
     async with AsyncExitStack() as stack:
         emulator = None
@@ -58,7 +59,7 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
                 entry = entry.model_copy(update={"endpoint": emulator.address, "insecure": True})
             backends[name] = backend = entry.build(name)
             stack.push_async_callback(backend.aclose)
-        store, shared = _cache(settings)
+        store, shared = _cache(settings, metrics)
         stack.push_async_callback(store.aclose)
         if shared is not None:
             stack.push_async_callback(shared.reader.aclose)
@@ -66,12 +67,12 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
         yield Runtime(settings, backends, upstreams, Guards(), store, emulator)
 
 
-def _cache(settings: Settings) -> tuple[Store, SharedFlights | None]:
+def _cache(settings: Settings, metrics: Metrics) -> tuple[Store, SharedFlights | None]:
     """Redis (store and shared flights) when ``redis_url`` is set, else an in-memory store."""
     knobs = settings.cache
     if settings.redis_url is None:
         return MemoryStore(knobs.memory_max_entries, knobs.memory_max_bytes), None
-    breaker = Breaker(knobs.breaker_s)
+    breaker = Breaker(knobs.breaker_s, on_failure=metrics.redis_errors.inc)
 
     def connect(read_timeout_s: float) -> Redis:
         return Redis.from_url(

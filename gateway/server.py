@@ -8,6 +8,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from gateway.observe import LOG_CONFIG
 from gateway.runtime import Runtime
 
 
@@ -23,7 +24,8 @@ class GatewayServer(uvicorn.Server):
             proxy_headers=True,
             # uvicorn cuts what is still open after this; our own drain ends streams first.
             timeout_graceful_shutdown=math.ceil(grace_s) + 1,
-            log_level="info",
+            log_config=LOG_CONFIG,
+            access_log=False,  # gateway.access logs every request, with more to say
         )
         super().__init__(config)
         self.app = app

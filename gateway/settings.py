@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     """``redis://host:port/db`` to cache in (and coalesce through) Redis; in memory if unset."""
     cache: CacheSettings = CacheSettings()
+    log_queries: bool = False
+    """Put the query text in the request log lines (off: queries may hold personal data)."""
 
     @classmethod
     def settings_customise_sources(

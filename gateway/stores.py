@@ -74,8 +74,9 @@ class Breaker:
     Logs once when Redis fails and once when it answers again.
     """
 
-    def __init__(self, open_s: float) -> None:
+    def __init__(self, open_s: float, on_failure: Callable[[], object] = lambda: None) -> None:
         self.open_s = open_s
+        self.on_failure = on_failure
         self.failing = False
         self._open_until = 0.0
 
@@ -83,6 +84,7 @@ class Breaker:
         return _now() >= self._open_until
 
     def failed(self, error: Exception) -> None:
+        self.on_failure()
         self._open_until = _now() + self.open_s
         if not self.failing:
             self.failing = True

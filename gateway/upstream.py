@@ -4,10 +4,11 @@ event has arrived (peek, then commit). Retry, fallback and cache wrap an ``Upstr
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from backends.base import Backend, Event, QARequest, TransientError
+from gateway.trace import Trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,8 @@ class Ask:
     """False for ``Cache-Control: no-cache``: answer afresh (and refresh the entry)."""
     cache_write: bool = True
     """False for ``Cache-Control: no-store``: keep no copy of the answer."""
+    trace: Trace = field(default_factory=Trace, compare=False)
+    """Where the layers note what they did (attempts, errors, coalescing)."""
 
 
 @dataclass(slots=True)

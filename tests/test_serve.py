@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from tests.support import parse_sse
@@ -22,13 +24,19 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[str]:
+def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve") / "stdout.log"
+
+
+@pytest.fixture(scope="module")
+def served(log_file: Path) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")} | {"PORT": str(port)}
+    stdout = log_file.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1"],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
@@ -45,6 +53,7 @@ def served() -> Iterator[str]:
     finally:
         process.terminate()
         process.communicate(timeout=15)
+        stdout.close()
 
 
 def test_embedded_default_answers_from_the_emulator(served: str) -> None:
@@ -73,3 +82,12 @@ def test_embedded_default_serves_agent_builder(served: str) -> None:
     assert kinds[0] == "meta"
     assert "citation" in kinds
     assert kinds[-1] == "done"
+
+
+def test_logs_are_json_lines_without_queries(served: str, log_file: Path) -> None:
+    secret = "a question nobody should read in the logs"
+    httpx.post(f"{served}/qa", json={"query": secret}, timeout=10)
+    lines = log_file.read_text().splitlines()
+    entries = [orjson.loads(line) for line in lines]  # every line is JSON
+    assert any(entry.get("path") == "/qa" and entry["status"] == 200 for entry in entries)
+    assert all(secret not in line for line in lines)
