@@ -99,8 +99,15 @@ class GeminiBackend:
 
     def cache_identity(self) -> dict[str, object]:
         return self.config.model_dump(
-            include={"type", "project", "location", "model", "generation", "safety",
-                     "system_instruction"}
+            include={
+                "type",
+                "project",
+                "location",
+                "model",
+                "generation",
+                "safety",
+                "system_instruction",
+            }
         )
 
     def _get_client(self) -> PredictionServiceAsyncClient:

@@ -1,4 +1,4 @@
-"""``qa-gateway``: serve the gateway, or run the emulator on its own."""
+"""``qa-gateway``: serve the gateway, ask it a question, or run the emulator on its own."""
 
 from __future__ import annotations
 
@@ -34,9 +34,17 @@ def main(argv: list[str] | None = None) -> int:
         "--cumulative", action="store_true", help="Agent Builder: send the answer so far each time"
     )
 
+    ask = commands.add_parser("ask", help="stream an answer from a running gateway")
+    ask.add_argument("query", help="the question")
+    ask.add_argument("--backend", help="a configured backend (default: the gateway's default)")
+    ask.add_argument("--url", default=os.environ.get("QA_URL", "http://127.0.0.1:8080"))
+    ask.add_argument("--session", help="continue this session (Agent Builder backends)")
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "ask":
+        return _ask(args)
     return _emulate(args)
 
 
@@ -50,6 +58,17 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.server import GatewayServer
 
     GatewayServer(create_app(settings), args.host, args.port, settings.shutdown_grace_s).run()
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from gateway.ask import AskError, ask
+
+    try:
+        ask(args.url, args.query, args.backend, args.session, sys.stdout)
+    except AskError as exc:
+        print(f"qa-gateway: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
