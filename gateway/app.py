@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from gateway import qa
+from gateway import catalog, openai_api, playground, qa
 from gateway.errors import HTTPProblem
 from gateway.observe import Metrics, Observed
 from gateway.runtime import Runtime, running
@@ -38,6 +38,9 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(qa.router)
+    app.include_router(openai_api.router)
+    app.include_router(catalog.router)
+    app.include_router(playground.router)
     app.add_middleware(Observed, metrics=metrics, log_queries=settings.log_queries)
 
     @app.get("/metrics", include_in_schema=False)

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from backends.emulator import Emulator
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.settings import Policies, Settings
 
 FAST_RETRY = {"initial_s": 0.001, "max_s": 0.005}
 """Retry waits short enough for tests."""
@@ -36,6 +36,24 @@ def settings_for(emulator: Emulator, **overrides: Any) -> Settings:
     }
     data.update(overrides)
     return Settings(**data)
+
+
+def both(emulator: Emulator, *, default: str = "gemini", **search: Any) -> Settings:
+    """A ``gemini`` and a ``search`` (Agent Builder) backend on ``emulator``, same policies."""
+    gemini = settings_for(emulator).backends["gemini"]
+    policies = gemini.model_dump(include=set(Policies.model_fields))
+    entry = {
+        "type": "agent_builder",
+        "endpoint": emulator.address,
+        "insecure": True,
+        "engine": "docs",
+        "related_questions": True,
+        **policies,
+        **search,
+    }
+    return settings_for(
+        emulator, default_backend=default, backends={"gemini": gemini.model_dump(), "search": entry}
+    )
 
 
 @asynccontextmanager

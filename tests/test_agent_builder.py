@@ -18,29 +18,11 @@ from backends.emulator.search import (
     SENTENCES,
     answer_pieces,
 )
-from gateway.settings import ConfigError, Policies, Settings, load_settings
-from tests.support import gateway, parse_sse, settings_for, text_of, wait_for
+from gateway.settings import ConfigError, load_settings
+from tests.support import both, gateway, parse_sse, text_of, wait_for
 
 QUERY = "What does the gateway stream?"
 ENGINE = "projects/emulated-project/locations/global/collections/default_collection/engines/docs"
-
-
-def both(emulator: Emulator, *, default: str = "gemini", **search: Any) -> Settings:
-    """A ``gemini`` and a ``search`` (Agent Builder) backend on ``emulator``, same policies."""
-    gemini = settings_for(emulator).backends["gemini"]
-    policies = gemini.model_dump(include=set(Policies.model_fields))
-    entry = {
-        "type": "agent_builder",
-        "endpoint": emulator.address,
-        "insecure": True,
-        "engine": "docs",
-        "related_questions": True,
-        **policies,
-        **search,
-    }
-    return settings_for(
-        emulator, default_backend=default, backends={"gemini": gemini.model_dump(), "search": entry}
-    )
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,57 @@
+"""How OpenAI request and response shapes map onto the gateway's (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends.base import Done, Usage
+from gateway.errors import HTTPProblem
+from gateway.openai_api import Message, Part, done_extensions, finish_reason, last_user_text
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        ("stop", "stop"),
+        ("max_tokens", "length"),
+        ("safety", "content_filter"),
+        ("recitation", "content_filter"),
+        ("prohibited_content", "content_filter"),
+        ("skipped", "stop"),
+        ("other", "stop"),
+    ],
+)
+def test_finish_reason(reason: str, expected: str) -> None:
+    assert finish_reason(reason) == expected
+
+
+def test_the_last_user_message_is_the_query() -> None:
+    messages = [
+        Message(role="system", content="Be terse."),
+        Message(role="user", content="first"),
+        Message(role="assistant", content="an answer"),
+        Message(
+            role="user", content=[Part(type="text", text="sec"), Part(type="text", text="ond")]
+        ),
+        Message(role="assistant", content=None),
+    ]
+    assert last_user_text(messages) == "second"
+
+
+def test_a_message_without_content_is_empty() -> None:
+    assert last_user_text([Message(role="user")]) == ""
+
+
+def test_no_user_message_is_refused() -> None:
+    with pytest.raises(HTTPProblem, match="there is no user message"):
+        last_user_text([Message(role="system", content="hi")])
+
+
+def test_done_extensions_leave_out_what_openai_fields_carry() -> None:
+    done = Done("skipped", Usage(1, 2, 3), "s-1", ("no_relevant_content",), ("why?",))
+    assert done_extensions(done) == {
+        "session_id": "s-1",
+        "skip_reasons": ["no_relevant_content"],
+        "related_questions": ["why?"],
+    }
+    assert done_extensions(Done("stop")) == {}
