@@ -8,8 +8,6 @@ import contextlib
 import os
 import sys
 
-from gateway.settings import ConfigError, load_settings
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qa-gateway", description=__doc__)
@@ -49,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Imported here: the Google SDKs take seconds to load, which `ask` need not pay.
+    from gateway.settings import ConfigError, load_settings
+
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

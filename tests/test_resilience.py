@@ -211,7 +211,7 @@ async def test_two_hundred_disconnects_leave_nothing_behind(emulator: Emulator) 
     async with serve(app) as url:
         baseline = len(asyncio.all_tasks())
         limits = httpx.Limits(max_connections=250)
-        async with httpx.AsyncClient(timeout=20, limits=limits) as client:
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
 
             async def read_one_delta_then_leave() -> None:
                 async with client.stream("POST", f"{url}/qa", json=QUERY) as response:
@@ -221,7 +221,8 @@ async def test_two_hundred_disconnects_leave_nothing_behind(emulator: Emulator) 
 
             await asyncio.gather(*(read_one_delta_then_leave() for _ in range(200)))
 
-        assert await wait_for(lambda: sum(c.cancelled for c in emulator.calls) == 200, 10)
+        # Bounds for "eventually" on a busy machine, not timings.
+        assert await wait_for(lambda: sum(c.cancelled for c in emulator.calls) == 200, 30)
         assert not any(call.completed for call in emulator.calls)
-        assert await wait_for(lambda: len(asyncio.all_tasks()) <= baseline, 10)
+        assert await wait_for(lambda: len(asyncio.all_tasks()) <= baseline, 30)
         assert app.state.runtime.guards.active == set()
