@@ -40,7 +40,8 @@ def cached(emulator: Emulator, prefix: str, url: str = SHARED_URL, **extra: Any)
         emulator,
         backends={"gemini": entry},
         redis_url=url,
-        cache={"prefix": prefix, "command_timeout_s": 0.05, "breaker_s": 0.3}
+        # Generous timeouts: a busy CI machine must not turn these tests into outage tests.
+        cache={"prefix": prefix, "command_timeout_s": 1.0, "breaker_s": 0.3}
         | extra.pop("cache", {}),
         **extra,
     )
@@ -217,7 +218,8 @@ async def test_redis_trouble_never_fails_a_request(
 ) -> None:
     server = RedisServer().start()
     try:
-        async with gateway(cached(emulator, "t:", url=server.url)) as url:
+        fast = {"command_timeout_s": 0.05, "connect_timeout_s": 0.05}
+        async with gateway(cached(emulator, "t:", url=server.url, cache=fast)) as url:
             normal = max([(await timed(client, url, f"warm {i}"))[0] for i in range(3)])
             server.stop() if outage == "stopped" else server.pause()
             for i in range(5):
@@ -225,11 +227,15 @@ async def test_redis_trouble_never_fails_a_request(
                 assert response.status_code == 200
                 assert parse_sse(response.content)[-1][1] == "done"
                 # Bounded by the Redis timeouts (50 ms here), never a hang; 250 ms of slack
-                # for this noisy machine.
+                # for a noisy machine.
                 assert elapsed < normal + 0.25
             server.start() if outage == "stopped" else server.resume()
             await asyncio.sleep(0.4)  # the breaker's pause
-            await client.post(f"{url}/qa", json={"query": "after"})
-            assert (await timed(client, url, "after"))[1].headers["x-cache"] == "HIT"
+            results = []
+            for _ in range(10):  # caching resumes (a busy machine may need a few tries)
+                results.append((await timed(client, url, "after"))[1].headers["x-cache"])
+                if results[-1] == "HIT":
+                    break
+            assert results[-1] == "HIT", results
     finally:
         server.stop()
