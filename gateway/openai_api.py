@@ -37,7 +37,7 @@ from typing import Any, Literal
 import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from backends.base import Citation, Delta, Done, PermanentError, QARequest, TransientError
 from gateway.answering import (
@@ -53,6 +53,7 @@ from gateway.answering import (
 from gateway.catalog import configured
 from gateway.errors import HTTPProblem
 from gateway.runtime import Runtime
+from gateway.streaming import EventStream
 from gateway.wire import Body, error_body, event_body
 
 router = APIRouter(prefix="/v1")
@@ -108,7 +109,7 @@ _OPENAPI = {
 }
 
 
-@router.post("/chat/completions", openapi_extra=_OPENAPI, response_class=StreamingResponse)
+@router.post("/chat/completions", openapi_extra=_OPENAPI, response_class=EventStream)
 async def chat_completions(request: Request) -> Response:
     """Answer the last user message as a chat completion, streamed if `stream` is true."""
     runtime: Runtime = request.app.state.runtime
@@ -122,7 +123,7 @@ async def chat_completions(request: Request) -> Response:
     )
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(
+        return EventStream(
             _chunks(started, runtime, reply, usage),
             media_type="text/event-stream",
             headers=started.headers(),

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from backends.base import QARequest
 from gateway.answering import (
@@ -21,6 +21,7 @@ from gateway.answering import (
 )
 from gateway.errors import HTTPProblem
 from gateway.runtime import Runtime
+from gateway.streaming import EventStream
 from gateway.wire import Wire, choose_wire, error_body, event_body
 
 router = APIRouter()
@@ -53,7 +54,7 @@ _OPENAPI = {
 }
 
 
-@router.post("/qa", openapi_extra=_OPENAPI, response_class=StreamingResponse)
+@router.post("/qa", openapi_extra=_OPENAPI, response_class=EventStream)
 async def qa(request: Request, format: str | None = None) -> Response:
     """Answer a question as a stream (SSE by default; NDJSON or text by `Accept` or `format`)."""
     runtime: Runtime = request.app.state.runtime
@@ -64,7 +65,7 @@ async def qa(request: Request, format: str | None = None) -> Response:
     check_query(runtime, body.query)
     backend = backend_named(runtime, body.backend)
     started = await start_answer(request, runtime, QARequest(body.query, body.session_id), backend)
-    return StreamingResponse(
+    return EventStream(
         _frames(started, runtime, wire), media_type=wire.media_type, headers=started.headers()
     )
 
