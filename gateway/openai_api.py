@@ -37,7 +37,7 @@ from typing import Any, Literal
 import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from backends.base import Citation, Delta, Done, PermanentError, QARequest, TransientError
 from gateway.answering import (
@@ -109,7 +109,7 @@ _OPENAPI = {
 }
 
 
-@router.post("/chat/completions", openapi_extra=_OPENAPI, response_class=EventStream)
+@router.post("/chat/completions", openapi_extra=_OPENAPI, response_class=StreamingResponse)
 async def chat_completions(request: Request) -> Response:
     """Answer the last user message as a chat completion, streamed if `stream` is true."""
     runtime: Runtime = request.app.state.runtime

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from backends.base import QARequest
 from gateway.answering import (
@@ -54,7 +54,7 @@ _OPENAPI = {
 }
 
 
-@router.post("/qa", openapi_extra=_OPENAPI, response_class=EventStream)
+@router.post("/qa", openapi_extra=_OPENAPI, response_class=StreamingResponse)
 async def qa(request: Request, format: str | None = None) -> Response:
     """Answer a question as a stream (SSE by default; NDJSON or text by `Accept` or `format`)."""
     runtime: Runtime = request.app.state.runtime
