@@ -1,0 +1,57 @@
+"""The direct baseline: the cheapest client of the emulator that still reads every message.
+
+A raw ``grpc.aio`` channel calling ``PredictionService/StreamGenerateContent`` with the raw
+protobuf classes behind the SDK's messages (``GenerateContentRequest.pb()``): the request is
+serialised and each response parsed by protobuf's C++ code, with no proto-plus wrapping and
+no SDK client layers. One channel, reused, like the gateway's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+from google.cloud.aiplatform_v1 import GenerateContentRequest, GenerateContentResponse
+
+from bench.http import Exchange
+
+METHOD = "/google.cloud.aiplatform.v1.PredictionService/StreamGenerateContent"
+MODEL = "projects/emulated-project/locations/us-central1/publishers/google/models/gemini-2.5-flash"
+
+_Request: Any = GenerateContentRequest.pb()
+_Response: Any = GenerateContentResponse.pb()
+
+
+class Direct:
+    """Streams answers straight from the emulator; results look like the HTTP client's."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self._call = self.channel.unary_stream(
+            METHOD,
+            request_serializer=_Request.SerializeToString,
+            response_deserializer=_Response.FromString,
+        )
+
+    async def ask(self, query: str, *, stamps: bool = False) -> Exchange:
+        """One answer; ``frames`` counts messages, ``first`` is the first one's arrival."""
+        request = _Request(model=MODEL)
+        request.contents.add(role="user").parts.add(text=query)
+        exchange = Exchange(time.monotonic(), [] if stamps else None)
+        try:
+            async for _ in self._call(request, timeout=120):
+                now = time.monotonic()
+                exchange.frames += 1
+                if exchange.frames == 1:
+                    exchange.first = now
+                if exchange.stamps is not None:
+                    exchange.stamps.append(now)
+            exchange.status = 200
+        except grpc.aio.AioRpcError as exc:
+            exchange.error = f"{exc.code().name}: {exc.details()}"
+        exchange.last = time.monotonic()
+        return exchange
+
+    async def close(self) -> None:
+        await self.channel.close()

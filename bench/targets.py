@@ -1,0 +1,76 @@
+"""The issue's targets, each met or missed, and by how much."""
+
+from __future__ import annotations
+
+from bench.summary import Results, added, best_under, med, rounds_of
+
+
+def _f(value: float, digits: int = 2) -> str:
+    return "n/a" if value != value else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def targets(results: Results) -> list[str]:
+    rounds, checks = results.rounds, []
+
+    def check(name: str, value: float, limit: float, unit: str, higher: bool = False) -> None:
+        met = value >= limit if higher else value <= limit
+        gap = "" if met or value != value else f" (missed by {abs(value - limit):.3g} {unit})"
+        checks.append(
+            [
+                name,
+                f"{_f(value, 3)} {unit}",
+                f"{'≥' if higher else '≤'} {limit:g}",
+                ("met" if met else "**missed**") + gap,
+            ]
+        )
+
+    check("added, c=1, miss, last byte p50", added(rounds, "last_p50", 1), 1.0, "ms")
+    check("added, c=1, miss, last byte p99", added(rounds, "last_p99", 1), 3.0, "ms")
+    check(
+        "gateway CPU per answer, c=1, miss",
+        med(rounds_of(rounds, "gateway", 1), lambda r: r.cpu_per_answer_ms("gateway")),
+        2.5,
+        "ms",
+    )
+    check(
+        "gateway CPU per answer, c=32, miss",
+        med(rounds_of(rounds, "gateway", 32), lambda r: r.cpu_per_answer_ms("gateway")),
+        2.5,
+        "ms",
+    )
+    if results.cache:
+        check(
+            "cache hit, c=1, last byte p50",
+            med(rounds_of(rounds, "gateway-hit", 1), lambda r: r.last_p50),
+            0.5,
+            "ms",
+        )
+        hit = best_under(results.sweep, "gateway-hit")
+        check("cache hits/s", hit.rps if hit else 0.0, 2000, "/s", higher=True)
+    for s in results.streams:
+        if s.path == "gateway":
+            check(
+                f"open streams without error (of {s.streams})", s.completed, 1000, "", higher=True
+            )
+            check("RSS per open stream", s.rss_per_stream_kb, 50, "KB")
+    paths = {s.path: s for s in results.streams}
+    if {"gateway", "direct"} <= set(paths):
+        check(
+            "added delay per event, p99, all streams open",
+            paths["gateway"].steady_p99_ms - paths["direct"].steady_p99_ms,
+            1.0,
+            "ms",
+        )
+        check(
+            "added delay per event, p99, while streams start",
+            paths["gateway"].delay_p99_ms - paths["direct"].delay_p99_ms,
+            1.0,
+            "ms",
+        )
+    check("upstream calls for identical requests", results.identical.upstream_calls, 1, "")
+    return ["## Targets", "", *_table(["target", "measured", "goal", ""], checks), ""]
