@@ -58,14 +58,16 @@ class BackendCachePolicy(BaseModel):
     """Also store answers the upstream skipped (``finish_reason: "skipped"``)."""
 
 
-def cache_key(prefix: str, backend: Backend, query: str, tenant: str) -> str:
+def identity_of(backend: Backend) -> bytes:
+    """The backend's part of its cache keys: its name and every setting that shapes answers."""
+    return orjson.dumps([backend.name, backend.cache_identity()], option=orjson.OPT_SORT_KEYS)
+
+
+def cache_key(prefix: str, identity: bytes, query: str, tenant: str) -> str:
     """A versioned key over everything that changes the answer."""
-    normalized = " ".join(query.split())
-    material = orjson.dumps(
-        [backend.name, backend.cache_identity(), normalized, tenant],
-        option=orjson.OPT_SORT_KEYS,
-    )
-    return f"{prefix}v{SCHEMA}:{hashlib.sha256(material).hexdigest()}"
+    digest = hashlib.sha256(identity)
+    digest.update(orjson.dumps([" ".join(query.split()), tenant]))
+    return f"{prefix}v{SCHEMA}:{digest.hexdigest()}"
 
 
 def encode_entry(events: Sequence[Event]) -> bytes:
@@ -124,11 +126,12 @@ class Cached:
         self.backends = backends
         self.first_event_s = first_event_s
         self.flights: dict[str, Flight] = {}
+        self.identity = identity_of(backend)
 
     async def open(self, ask: Ask) -> Answer:
         if not self.policy.cache or ask.request.session_id is not None:
             return await self.inner.open(ask)  # follow-up turns depend on the conversation
-        key = cache_key(self.settings.prefix, self.backend, ask.request.query, ask.tenant)
+        key = cache_key(self.settings.prefix, self.identity, ask.request.query, ask.tenant)
         if ask.cache_read:
             events = await self._lookup(key)
             if events is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import sys
 
@@ -58,6 +59,13 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
     from gateway.server import GatewayServer
 
+    # Start-up leaves ~100 MB of long-lived objects (the SDKs, protobuf descriptors): move
+    # them out of the collector's reach, so a full collection no longer walks them (100-220
+    # ms with 1,000 open streams), and let the young generation fill before collecting:
+    # reference counting frees the per-event objects, cycles are rare.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
     GatewayServer(create_app(settings), args.host, args.port, settings.shutdown_grace_s).run()
     return 0
 

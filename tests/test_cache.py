@@ -13,7 +13,7 @@ import redis
 
 from backends.emulator import Behaviour, Emulator
 from backends.gemini import GeminiConfig
-from gateway.cache import cache_key
+from gateway.cache import cache_key, identity_of
 from gateway.settings import Settings
 from tests.redis_support import SHARED_URL, RedisServer, delete_prefix, keys_under, new_prefix
 from tests.support import FAST_RETRY, gateway, parse_sse, settings_for, text_of, wait_for
@@ -101,7 +101,7 @@ async def test_truncated_answers_are_not_stored(
 def test_keys_differ_by_everything_that_changes_the_answer() -> None:
     def key(query: str = "q", tenant: str = "t", **config: Any) -> str:
         backend = GeminiConfig(type="gemini", **config).build("gemini")
-        return cache_key("p:", backend, query, tenant)
+        return cache_key("p:", identity_of(backend), query, tenant)
 
     base = key()
     assert key("  q ") == base
