@@ -20,6 +20,9 @@ test: $(BIN)/.installed
 	bash .ci/services
 	$(BIN)/pytest
 
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

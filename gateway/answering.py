@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -138,8 +138,9 @@ def trace_of(request: Request) -> Trace:
     return trace if trace is not None else Trace(uuid.uuid4().hex)
 
 
-async def outcomes(started: Started, runtime: Runtime) -> AsyncIterator[Event | Failure]:
-    """The answer's events; a ``Failure`` last if it fails, stalls or is cut by shutdown.
+async def outcomes(started: Started, runtime: Runtime) -> AsyncIterator[Sequence[Event | Failure]]:
+    """The answer's events, in batches of those ready together; a ``Failure`` last if it
+    fails, stalls or is cut by shutdown.
 
     Closing this iterator (a client leaving) cancels the upstream call.
     """
@@ -147,17 +148,17 @@ async def outcomes(started: Started, runtime: Runtime) -> AsyncIterator[Event | 
     guard = StreamGuard(started.idle_s, runtime.guards)
     trace.outcome = "disconnected"
     try:
-        yield answer.first
+        yield (answer.first,)
         guard.waiting()
-        async for event in answer.rest:
+        async for batch in answer.rest:
             guard.writing()
-            yield event
+            yield batch
             guard.waiting()
         trace.outcome = "done"
     except BackendError as exc:
         trace.outcome = exc.code
         trace.upstream_errors.append(exc.code)
-        yield Failure(exc.code, exc.message, exc.retryable)
+        yield (Failure(exc.code, exc.message, exc.retryable),)
     except asyncio.CancelledError:
         if guard.reason is None:
             raise  # the client went away
@@ -165,7 +166,7 @@ async def outcomes(started: Started, runtime: Runtime) -> AsyncIterator[Event | 
         if task is not None:
             task.uncancel()
         trace.outcome = guard.reason
-        yield Failure(guard.reason, _INTERRUPTIONS[guard.reason], True)
+        yield (Failure(guard.reason, _INTERRUPTIONS[guard.reason], True),)
     finally:
         guard.close()
         await answer.aclose()

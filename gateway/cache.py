@@ -189,8 +189,8 @@ class Cached:
         return decode_entry(value) if value is not None else None
 
     def _replay(self, events: list[Event], cache: str) -> Answer:
-        async def rest() -> AsyncGenerator[Event, None]:
-            for event in events[1:]:
-                yield event
+        async def rest() -> AsyncGenerator[Sequence[Event], None]:
+            if len(events) > 1:
+                yield events[1:]
 
         return Answer(self.backend, events[0], rest(), cache)

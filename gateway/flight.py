@@ -11,7 +11,7 @@ the answer stored.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 
 from backends.base import Backend, BackendError, Event, TransientError
 from gateway.upstream import Answer
@@ -57,13 +57,15 @@ class Flight:
         assert self.backend is not None
         return Answer(self.backend, self.events[0], self._follow())
 
-    async def _follow(self) -> AsyncGenerator[Event, None]:
+    async def _follow(self) -> AsyncGenerator[Sequence[Event], None]:
         index = 1
         try:
             while True:
-                while index < self._visible:
-                    yield self.events[index]
-                    index += 1
+                if index < self._visible:
+                    visible = self._visible
+                    yield self.events[index:visible]  # all that is ready, in one batch
+                    index = visible
+                    continue
                 if self.ended:
                     if self.error is not None:
                         raise self.error
@@ -90,9 +92,9 @@ class Flight:
         try:
             answer = await start(self)
             self.backend = answer.backend
-            self._add(answer.first)
-            async for event in answer.rest:
-                self._add(event)
+            self._add((answer.first,))
+            async for batch in answer.rest:
+                self._add(batch)
         except BackendError as error:
             self.error = error
         except asyncio.CancelledError:
@@ -107,13 +109,14 @@ class Flight:
                 self.ended = True
                 self._wake()
 
-    def _add(self, event: Event) -> None:
-        self.events.append(event)
-        if event.type == "done":
-            return  # held back until on_end has run
-        self._visible = len(self.events)
-        if self.on_event is not None:
-            self.on_event(event)
+    def _add(self, batch: Sequence[Event]) -> None:
+        for event in batch:
+            self.events.append(event)
+            if event.type == "done":
+                break  # held back until on_end has run
+            self._visible = len(self.events)
+            if self.on_event is not None:
+                self.on_event(event)
         self._wake()
 
     def _wake(self) -> None:

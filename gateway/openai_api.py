@@ -207,25 +207,29 @@ async def _chunks(
 ) -> AsyncIterator[bytes]:
     """The role chunk, a chunk per event, the usage chunk if asked for, then ``[DONE]``;
     or, when the answer fails, an ``error`` line last."""
-    yield reply.chunk({"role": "assistant", "content": ""})
-    async for item in outcomes(started, runtime):
-        if isinstance(item, Failure):
-            yield _data({"error": error_body(item.code, item.message, item.retryable)})
-        elif isinstance(item, Delta):
-            yield reply.chunk({"content": item.text})
-        elif isinstance(item, Citation):
-            yield reply.chunk({}, citations=[event_body(item)])
-        else:
-            yield reply.chunk({}, finish_reason(item.finish_reason), **done_extensions(item))
-            if include_usage:
-                usage = event_body(item)["usage"]
-                yield _data(reply.body("chat.completion.chunk", [], usage=usage))
-            yield _DONE
+    lines = [reply.chunk({"role": "assistant", "content": ""})]
+    async for batch in outcomes(started, runtime):
+        for item in batch:
+            if isinstance(item, Failure):
+                lines.append(_data({"error": error_body(item.code, item.message, item.retryable)}))
+            elif isinstance(item, Delta):
+                lines.append(reply.chunk({"content": item.text}))
+            elif isinstance(item, Citation):
+                lines.append(reply.chunk({}, citations=[event_body(item)]))
+            else:
+                extensions = done_extensions(item)
+                lines.append(reply.chunk({}, finish_reason(item.finish_reason), **extensions))
+                if include_usage:
+                    usage = event_body(item)["usage"]
+                    lines.append(_data(reply.body("chat.completion.chunk", [], usage=usage)))
+                lines.append(_DONE)
+        yield b"".join(lines)  # what was ready together, in one write
+        lines.clear()
 
 
 async def _completion(started: Started, runtime: Runtime, reply: Reply) -> Body:
     """The whole answer as one ``chat.completion``; an error status if it fails midway."""
-    items = [item async for item in outcomes(started, runtime)]
+    items = [item async for batch in outcomes(started, runtime) for item in batch]
     end = items[-1]
     if isinstance(end, Failure):
         error = (TransientError if end.retryable else PermanentError)(end.code, end.message)

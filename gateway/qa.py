@@ -71,12 +71,17 @@ async def qa(request: Request, format: str | None = None) -> Response:
 
 
 async def _frames(started: Started, runtime: Runtime, wire: Wire) -> AsyncIterator[bytes]:
-    """``meta``, every event of the answer, and ``error`` if it fails midway."""
-    yield wire.frame(0, "meta", started.meta())
+    """``meta``, every event of the answer, and ``error`` if it fails midway; the events
+    ready together go out as one chunk (``meta`` with the first)."""
+    frames = [wire.frame(0, "meta", started.meta())]
     seq = 0
-    async for item in outcomes(started, runtime):
-        seq += 1
-        if isinstance(item, Failure):
-            yield wire.frame(seq, "error", error_body(item.code, item.message, item.retryable))
-        else:
-            yield wire.frame(seq, item.type, event_body(item))
+    async for batch in outcomes(started, runtime):
+        for item in batch:
+            seq += 1
+            if isinstance(item, Failure):
+                body = error_body(item.code, item.message, item.retryable)
+                frames.append(wire.frame(seq, "error", body))
+            else:
+                frames.append(wire.frame(seq, item.type, event_body(item)))
+        yield b"".join(frames)
+        frames.clear()

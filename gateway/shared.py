@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -88,11 +88,11 @@ class SharedFlights:
 
     async def _rest(
         self, key: str, entries: AsyncGenerator[Entry, None]
-    ) -> AsyncGenerator[Event, None]:
+    ) -> AsyncGenerator[Sequence[Event], None]:
         try:
             async for kind, body in entries:
                 event = _event(kind, body)
-                yield event
+                yield (event,)
                 if event.type == "done":
                     return
         except _Lost as lost:

@@ -3,7 +3,7 @@ event has arrived (peek, then commit). Retry, fallback and cache wrap an ``Upstr
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,7 +32,9 @@ class Answer:
 
     backend: Backend
     first: Event
-    rest: AsyncGenerator[Event, None]
+    rest: AsyncGenerator[Sequence[Event], None]
+    """The events after ``first``, in batches of those that were ready together (so they
+    can go out in one write)."""
     cache: str = "BYPASS"
     """``HIT`` (replayed), ``MISS`` (looked up, then generated) or ``BYPASS`` (not cached)."""
 
@@ -64,4 +66,12 @@ class Direct:
         except BaseException:
             await events.aclose()
             raise
-        return Answer(self.backend, first, events)
+        return Answer(self.backend, first, _one_by_one(events))
+
+
+async def _one_by_one(events: AsyncGenerator[Event, None]) -> AsyncGenerator[Sequence[Event], None]:
+    try:
+        async for event in events:
+            yield (event,)
+    finally:
+        await events.aclose()  # closing the answer cancels the upstream call
