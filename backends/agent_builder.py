@@ -7,8 +7,6 @@ import re
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any, Literal
 
-import grpc
-from google.api_core.client_options import ClientOptions
 from google.cloud.discoveryengine_v1 import (
     Answer,
     AnswerQueryRequest,
@@ -22,7 +20,7 @@ from google.cloud.discoveryengine_v1.services.conversational_search_service.tran
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backends.base import Citation, Delta, Done, Event, PermanentError, QARequest, Source, error_for
-from backends.connection import UPSTREAM_ERRORS, ConnectionConfig, map_error
+from backends.connection import UPSTREAM_ERRORS, ConnectionConfig, map_error, sdk_client
 from backends.text import char_index, unseen_text
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -118,16 +116,12 @@ class AgentBuilderBackend:
         )
 
     def _get_client(self) -> ConversationalSearchServiceAsyncClient:
-        # Built on first use: a grpc.aio channel belongs to the running event loop.
-        if self._client is None:
-            if self.config.insecure:
-                channel = grpc.aio.insecure_channel(self.config.address())
-                transport = ConversationalSearchServiceGrpcAsyncIOTransport(channel=channel)
-                self._client = ConversationalSearchServiceAsyncClient(transport=transport)
-            else:
-                self._client = ConversationalSearchServiceAsyncClient(
-                    client_options=ClientOptions(api_endpoint=self.config.address())
-                )
+        if self._client is None:  # built on first use, inside the event loop
+            self._client = sdk_client(
+                ConversationalSearchServiceAsyncClient,
+                ConversationalSearchServiceGrpcAsyncIOTransport,
+                self.config,
+            )
         return self._client
 
     async def stream(self, request: QARequest) -> AsyncGenerator[Event, None]:

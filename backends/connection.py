@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import grpc
 from google.api_core import exceptions as api_exceptions
+from google.api_core.client_options import ClientOptions
 from google.rpc import error_details_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends.base import BackendError, error_for
 
+C = TypeVar("C")
 UPSTREAM_ERRORS = (api_exceptions.GoogleAPICallError, grpc.RpcError)
 """What a Google SDK call raises; pass these to ``map_error``."""
 
@@ -34,6 +37,16 @@ class ConnectionConfig(BaseModel):
 
     def address(self) -> str:
         return self.endpoint or self.default_endpoint()
+
+
+def sdk_client(client_class: Callable[..., C], transport_class: Any, config: ConnectionConfig) -> C:
+    """An SDK async client for ``config``: plaintext without credentials for an emulator,
+    else Google's endpoint with Application Default Credentials. Call it inside the running
+    event loop: a ``grpc.aio`` channel belongs to it."""
+    if config.insecure:
+        channel = grpc.aio.insecure_channel(config.address())
+        return client_class(transport=transport_class(channel=channel))
+    return client_class(client_options=ClientOptions(api_endpoint=config.address()))
 
 
 def retry_delay(details: Iterable[object]) -> float | None:

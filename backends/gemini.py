@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any, Literal
 
-import grpc
-from google.api_core.client_options import ClientOptions
 from google.cloud.aiplatform_v1 import (
     Content,
     GenerateContentRequest,
@@ -31,7 +29,7 @@ from backends.base import (
     Source,
     Usage,
 )
-from backends.connection import UPSTREAM_ERRORS, ConnectionConfig, map_error
+from backends.connection import UPSTREAM_ERRORS, ConnectionConfig, map_error, sdk_client
 from backends.text import char_index
 
 
@@ -111,16 +109,10 @@ class GeminiBackend:
         )
 
     def _get_client(self) -> PredictionServiceAsyncClient:
-        # Built on first use: a grpc.aio channel belongs to the running event loop.
-        if self._client is None:
-            if self.config.insecure:
-                channel = grpc.aio.insecure_channel(self.config.address())
-                transport = PredictionServiceGrpcAsyncIOTransport(channel=channel)
-                self._client = PredictionServiceAsyncClient(transport=transport)
-            else:
-                self._client = PredictionServiceAsyncClient(
-                    client_options=ClientOptions(api_endpoint=self.config.address())
-                )
+        if self._client is None:  # built on first use, inside the event loop
+            self._client = sdk_client(
+                PredictionServiceAsyncClient, PredictionServiceGrpcAsyncIOTransport, self.config
+            )
         return self._client
 
     async def stream(self, request: QARequest) -> AsyncGenerator[Event, None]:

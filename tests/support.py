@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import uvicorn
 from fastapi import FastAPI
@@ -108,3 +113,41 @@ async def wait_for(predicate: Any, timeout: float = 2.0) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn_gateway(
+    port: int,
+    config: Path | None = None,
+    stdout: Any = subprocess.DEVNULL,
+    stderr: Any = subprocess.DEVNULL,
+) -> subprocess.Popen[bytes]:
+    """``qa-gateway serve`` as a real process on ``port`` (the embedded default if no config),
+    with no ``QA_*`` variables of the caller's leaking in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")}
+    command = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    if config is not None:
+        command += ["--config", str(config)]
+    return subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
+
+
+def ready(url: str) -> bool:
+    """Whether the gateway at ``url`` answers ``/readyz`` with 200."""
+    try:
+        return httpx.get(f"{url}/readyz", timeout=0.5).status_code == 200
+    except httpx.TransportError:
+        return False

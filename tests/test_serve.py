@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.support import parse_sse
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support import free_port, parse_sse
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +24,7 @@ def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(log_file: Path) -> Iterator[str]:
     port = free_port()
+    # No --port: the README's command, listening on $PORT.
     env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")} | {"PORT": str(port)}
     stdout = log_file.open("w")
     process = subprocess.Popen(

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +12,9 @@ import pytest
 
 from backends.emulator import Behaviour, Emulator
 from tests.redis_support import SHARED_URL, delete_prefix, new_prefix
-from tests.support import parse_sse, text_of, wait_for
+from tests.support import free_port, parse_sse, ready, spawn_gateway, text_of, wait_for
 
 QUERY = {"query": "Who answers when two gateways are asked?"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -44,26 +34,11 @@ endpoint = "{emulator.address}"
 insecure = true
 """
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")}
     ports = [free_port(), free_port()]
     logs = contextlib.ExitStack()
     processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "serve",
-                "--config",
-                str(config),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=logs.enter_context((tmp_path / f"gw-{port}.log").open("w")),
+        spawn_gateway(
+            port, config, stderr=logs.enter_context((tmp_path / f"gw-{port}.log").open("w"))
         )
         for port in ports
     ]
@@ -78,13 +53,6 @@ insecure = true
         for log in tmp_path.glob("gw-*.log"):
             print(log.read_text())
         delete_prefix(SHARED_URL, prefix)
-
-
-def ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=0.5).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 async def test_two_processes_share_one_upstream_call(

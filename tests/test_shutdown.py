@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from backends.emulator import Behaviour, Emulator
-from tests.support import parse_sse, wait_for
+from tests.support import free_port, parse_sse, ready, spawn_gateway, wait_for
 
 GRACE_S = 1.5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_sigterm_drains_then_ends_open_streams(emulator: Emulator, tmp_path: Path) -> None:
@@ -39,27 +29,10 @@ insecure = true
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QA_")}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = spawn_gateway(port, config)
     try:
         async with httpx.AsyncClient(timeout=30) as client:
-            assert await wait_for(lambda: process.poll() is not None or _ready(url), 30)
+            assert await wait_for(lambda: process.poll() is not None or ready(url), 30)
             started = asyncio.Event()
             opened = 0
 
@@ -104,10 +77,3 @@ insecure = true
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=0.5).status_code == 200
-    except httpx.TransportError:
-        return False
