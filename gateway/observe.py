@@ -22,6 +22,8 @@ from gateway.trace import Trace
 log = logging.getLogger("gateway.access")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
+_ROUTES = frozenset({"/qa", "/v1/chat/completions", "/v1/models", "/backends", "/"})
+"""Paths counted under their own name; any other is ``other`` (label values stay bounded)."""
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -138,7 +140,7 @@ class Observed:
             if path not in _QUIET:
                 if trace.status == 0:
                     trace.status = 500
-                self.metrics.record(path, trace)
+                self.metrics.record(path if path in _ROUTES else "other", trace)
                 log.info("request", extra={"fields": self._fields(scope, trace)})
 
     def _fields(self, scope: Scope, trace: Trace) -> dict[str, Any]:

@@ -49,6 +49,7 @@ async def test_metrics_count_a_scripted_mix(client: httpx.AsyncClient, emulator:
         await client.post(qa, json={"query": "three"})  # three failures, then the fallback
         emulator.reset(Behaviour(fail_first=99, fail_code="INVALID_ARGUMENT"))
         await client.post(qa, json={"query": "four", "backend": "backup"})  # 400
+        await client.get(f"{url}/no/such/{SECRET}")  # 404, counted as "other"
         emulator.reset(Behaviour(chunks=10, delay_ms=20))
         await asyncio.gather(*(client.post(qa, json={"query": "five"}) for _ in range(3)))
         scraped = samples((await client.get(f"{url}/metrics")).text)
@@ -58,6 +59,7 @@ async def test_metrics_count_a_scripted_mix(client: httpx.AsyncClient, emulator:
 
     assert requests("200") == 7
     assert requests("422", "") == 1
+    assert value(scraped, "qa_requests_total", route="other", backend="", status="404") == 1
     assert requests("400", "backup") == 1
     assert value(scraped, "qa_cache_total", backend="gemini", result="HIT") == 1
     assert value(scraped, "qa_cache_total", backend="gemini", result="MISS") == 6
