@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -206,34 +205,36 @@ async def test_cache_control_and_bypasses(
         assert (await client.post(f"{url}/qa", json=QUERY)).headers["x-cache"] == "HIT"
 
 
-async def timed(client: httpx.AsyncClient, url: str, query: str) -> tuple[float, httpx.Response]:
-    started = time.monotonic()
-    response = await client.post(f"{url}/qa", json={"query": query})
-    return time.monotonic() - started, response
+async def redis_errors(client: httpx.AsyncClient, url: str) -> float:
+    scrape = (await client.get(f"{url}/metrics")).text
+    [line] = [line for line in scrape.splitlines() if line.startswith("qa_redis_errors_total")]
+    return float(line.split()[-1])
 
 
 @pytest.mark.parametrize("outage", ["stopped", "paused"])
 async def test_redis_trouble_never_fails_a_request(
     client: httpx.AsyncClient, emulator: Emulator, outage: str
 ) -> None:
+    """Every request is answered, and only the first one meets the failing Redis: it waits at
+    most one 50 ms timeout; the breaker spares the others any wait (the bound, by design)."""
     server = RedisServer().start()
     try:
-        fast = {"command_timeout_s": 0.05, "connect_timeout_s": 0.05}
+        fast = {"command_timeout_s": 0.05, "connect_timeout_s": 0.05, "breaker_s": 3.0}
         async with gateway(cached(emulator, "t:", url=server.url, cache=fast)) as url:
-            normal = max([(await timed(client, url, f"warm {i}"))[0] for i in range(3)])
+            await client.post(f"{url}/qa", json={"query": "warm"})
+            assert await redis_errors(client, url) == 0
             server.stop() if outage == "stopped" else server.pause()
             for i in range(5):
-                elapsed, response = await timed(client, url, f"during {i}")
+                response = await client.post(f"{url}/qa", json={"query": f"during {i}"})
                 assert response.status_code == 200
                 assert parse_sse(response.content)[-1][1] == "done"
-                # Bounded by the Redis timeouts (50 ms here), never a hang; 250 ms of slack
-                # for a noisy machine.
-                assert elapsed < normal + 0.25
+            assert await redis_errors(client, url) == 1
             server.start() if outage == "stopped" else server.resume()
-            await asyncio.sleep(0.4)  # the breaker's pause
+            await asyncio.sleep(3.1)  # the breaker's pause
             results = []
             for _ in range(10):  # caching resumes (a busy machine may need a few tries)
-                results.append((await timed(client, url, "after"))[1].headers["x-cache"])
+                response = await client.post(f"{url}/qa", json={"query": "after"})
+                results.append(response.headers["x-cache"])
                 if results[-1] == "HIT":
                     break
             assert results[-1] == "HIT", results
