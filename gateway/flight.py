@@ -46,18 +46,28 @@ class Flight:
     async def join(self) -> Answer:
         """Follow this flight; raises its error if it fails before the first event."""
         self.clients += 1
+        left = False
+
+        async def leave() -> None:  # once, whether the answer is read to the end or not
+            nonlocal left
+            if not left:
+                left = True
+                self._leave()
+
         try:
             while not self._visible:
                 if self.ended:
                     raise self.error or TransientError("aborted", "the answer was abandoned")
                 await self._changed.wait()
         except BaseException:
-            self._leave()
+            await leave()
             raise
         assert self.backend is not None
-        return Answer(self.backend, self.events[0], self._follow())
+        return Answer(self.backend, self.events[0], self._follow(leave), release=leave)
 
-    async def _follow(self) -> AsyncGenerator[Sequence[Event], None]:
+    async def _follow(
+        self, leave: Callable[[], Awaitable[None]]
+    ) -> AsyncGenerator[Sequence[Event], None]:
         index = 1
         try:
             while True:
@@ -72,7 +82,7 @@ class Flight:
                     return
                 await self._changed.wait()
         finally:
-            self._leave()
+            await leave()
 
     def _leave(self) -> None:
         self.clients -= 1

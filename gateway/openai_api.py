@@ -127,6 +127,7 @@ async def chat_completions(request: Request) -> Response:
             _chunks(started, runtime, reply, usage),
             media_type="text/event-stream",
             headers=started.headers(),
+            close=started.answer.aclose,
         )
     return Response(
         orjson.dumps(await _completion(started, runtime, reply)),

@@ -66,7 +66,10 @@ async def qa(request: Request, format: str | None = None) -> Response:
     backend = backend_named(runtime, body.backend)
     started = await start_answer(request, runtime, QARequest(body.query, body.session_id), backend)
     return EventStream(
-        _frames(started, runtime, wire), media_type=wire.media_type, headers=started.headers()
+        _frames(started, runtime, wire),
+        media_type=wire.media_type,
+        headers=started.headers(),
+        close=started.answer.aclose,
     )
 
 

@@ -9,19 +9,27 @@ happens in the iterator's ``finally`` blocks, as before.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 
 class EventStream(StreamingResponse):
-    """Sends each chunk of ``content`` as it is produced; stops when the client leaves."""
+    """Sends each chunk of ``content`` as it is produced; stops when the client leaves.
+
+    ``close`` runs however the response ends, even if ``content`` was never read.
+    """
 
     def __init__(
-        self, content: AsyncIterator[bytes], media_type: str, headers: dict[str, str]
+        self,
+        content: AsyncIterator[bytes],
+        media_type: str,
+        headers: dict[str, str],
+        close: Callable[[], Awaitable[None]],
     ) -> None:
         super().__init__(content, media_type=media_type, headers=headers)
+        self.close = close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -45,6 +53,7 @@ class EventStream(StreamingResponse):
             task.uncancel()  # the client left: the stream ends here, quietly
         finally:
             watcher.cancel()
+            await self.close()
 
 
 async def _watch(receive: Receive, task: asyncio.Task[object], gone: asyncio.Event) -> None:

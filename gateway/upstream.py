@@ -3,7 +3,7 @@ event has arrived (peek, then commit). Retry, fallback and cache wrap an ``Upstr
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,10 +37,15 @@ class Answer:
     can go out in one write)."""
     cache: str = "BYPASS"
     """``HIT`` (replayed), ``MISS`` (looked up, then generated) or ``BYPASS`` (not cached)."""
+    release: Callable[[], Awaitable[None]] | None = None
+    """Frees what the answer holds even if ``rest`` was never read (closing an async
+    generator that never started runs none of its ``finally`` blocks)."""
 
     async def aclose(self) -> None:
-        """Stop the answer early; the upstream call is cancelled."""
+        """Stop the answer early, read or not: the upstream call is cancelled."""
         await self.rest.aclose()
+        if self.release is not None:
+            await self.release()
 
 
 class Upstream(Protocol):
@@ -66,7 +71,7 @@ class Direct:
         except BaseException:
             await events.aclose()
             raise
-        return Answer(self.backend, first, _one_by_one(events))
+        return Answer(self.backend, first, _one_by_one(events), release=events.aclose)
 
 
 async def _one_by_one(events: AsyncGenerator[Event, None]) -> AsyncGenerator[Sequence[Event], None]:
