@@ -45,6 +45,7 @@ from gateway.answering import (
     Started,
     backend_named,
     check_query,
+    openapi,
     outcomes,
     read_json,
     start_answer,
@@ -94,19 +95,12 @@ class ChatBody(BaseModel):
     )
 
 
-_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": ChatBody.model_json_schema()}},
-    },
-    "responses": {
-        "200": {
-            "description": "A `chat.completion`, or with `stream` true its "
-            "`chat.completion.chunk`s as server-sent events ending in `data: [DONE]`.",
-            "content": {"application/json": {}, "text/event-stream": {}},
-        }
-    },
-}
+_OPENAPI = openapi(
+    ChatBody,
+    "A `chat.completion`, or with `stream` true its `chat.completion.chunk`s as server-sent "
+    "events ending in `data: [DONE]`.",
+    ["application/json", "text/event-stream"],
+)
 
 
 @router.post("/chat/completions", openapi_extra=_OPENAPI, response_class=StreamingResponse)

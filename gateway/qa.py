@@ -14,6 +14,7 @@ from gateway.answering import (
     Started,
     backend_named,
     check_query,
+    openapi,
     outcomes,
     read_json,
     start_answer,
@@ -39,19 +40,11 @@ class QABody(BaseModel):
     )
 
 
-_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": QABody.model_json_schema()}},
-    },
-    "responses": {
-        "200": {
-            "description": "The answer as a stream of events: `meta`, `delta`, `citation`, "
-            "then one `done` or `error`.",
-            "content": {"text/event-stream": {}, "application/x-ndjson": {}, "text/plain": {}},
-        }
-    },
-}
+_OPENAPI = openapi(
+    QABody,
+    "The answer as a stream of events: `meta`, `delta`, `citation`, then one `done` or `error`.",
+    ["text/event-stream", "application/x-ndjson", "text/plain"],
+)
 
 
 @router.post("/qa", openapi_extra=_OPENAPI, response_class=StreamingResponse)
