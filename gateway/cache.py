@@ -137,7 +137,7 @@ class Cached:
             if events is not None:
                 return self._replay(events, "HIT")
         flight = self.flights.get(key)
-        if flight is None:
+        if flight is None or flight.abandoned:
             plan = _Plan(key, ask)
             flight = Flight(lambda f: self._start(plan, f), lambda f: self._end(plan, f))
             self.flights[key] = flight

@@ -31,6 +31,8 @@ class Flight:
         self.ended = False
         self.backend: Backend | None = None
         self.clients = 0
+        self.abandoned = False
+        """Every client left and the call is being cancelled: a new asker needs a new flight."""
         self.keep_alive: Callable[[], bool] = lambda: False
         """Asked when the last local client leaves: True keeps the call going (someone
         elsewhere still follows it)."""
@@ -91,6 +93,7 @@ class Flight:
     def abandon_if_unfollowed(self) -> None:
         """Cancel the upstream call if nobody, here or elsewhere, follows it any more."""
         if self.clients == 0 and not self.ended and not self.keep_alive():
+            self.abandoned = True
             self._task.cancel()
 
     async def _run(
