@@ -20,7 +20,7 @@ from google.cloud.discoveryengine_v1.services.conversational_search_service.tran
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backends.base import Citation, Delta, Done, Event, PermanentError, QARequest, Source, error_for
-from backends.connection import UPSTREAM_ERRORS, ConnectionConfig, map_error, sdk_client
+from backends.connection import UPSTREAM_ERRORS, ConnectionConfig, SdkClient, map_error
 from backends.text import char_index, unseen_text
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -95,7 +95,11 @@ class AgentBuilderBackend:
         self.model = f"{config.engine or config.data_store}/{config.serving_config}"
         self.emulated = config.emulator
         self.config = config
-        self._client: ConversationalSearchServiceAsyncClient | None = None
+        self._client = SdkClient(
+            ConversationalSearchServiceAsyncClient,
+            ConversationalSearchServiceGrpcAsyncIOTransport,
+            config,
+        )
         self._template = _request_template(config)
         self._sessions = f"{config.parent()}/sessions"
 
@@ -115,15 +119,6 @@ class AgentBuilderBackend:
             }
         )
 
-    def _get_client(self) -> ConversationalSearchServiceAsyncClient:
-        if self._client is None:  # built on first use, inside the event loop
-            self._client = sdk_client(
-                ConversationalSearchServiceAsyncClient,
-                ConversationalSearchServiceGrpcAsyncIOTransport,
-                self.config,
-            )
-        return self._client
-
     async def stream(self, request: QARequest) -> AsyncGenerator[Event, None]:
         session_id = request.session_id or "-"
         if not _SESSION_ID.fullmatch(session_id):
@@ -134,7 +129,7 @@ class AgentBuilderBackend:
         reader = AnswerReader()
         call: Any = None
         try:
-            call = await self._get_client().stream_answer_query(
+            call = await self._client.get().stream_answer_query(
                 request=grpc_request, timeout=self.config.deadline_s
             )
             async for message in call:
@@ -148,9 +143,7 @@ class AgentBuilderBackend:
                 call.cancel()
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.transport.close()  # type: ignore[no-untyped-call]
-            self._client = None
+        await self._client.aclose()
 
 
 class AnswerReader:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.api_core import exceptions as api_exceptions
@@ -39,14 +39,33 @@ class ConnectionConfig(BaseModel):
         return self.endpoint or self.default_endpoint()
 
 
-def sdk_client(client_class: Callable[..., C], transport_class: Any, config: ConnectionConfig) -> C:
-    """An SDK async client for ``config``: plaintext without credentials for an emulator,
-    else Google's endpoint with Application Default Credentials. Call it inside the running
-    event loop: a ``grpc.aio`` channel belongs to it."""
-    if config.insecure:
-        channel = grpc.aio.insecure_channel(config.address())
-        return client_class(transport=transport_class(channel=channel))
-    return client_class(client_options=ClientOptions(api_endpoint=config.address()))
+class SdkClient(Generic[C]):
+    """One Google SDK async client per backend, built on first use (inside the running event
+    loop, which a ``grpc.aio`` channel belongs to): plaintext without credentials for an
+    emulator, else Google's endpoint with Application Default Credentials."""
+
+    def __init__(
+        self, client_class: Callable[..., C], transport_class: Any, config: ConnectionConfig
+    ) -> None:
+        self._build = client_class, transport_class, config
+        self._client: C | None = None
+
+    def get(self) -> C:
+        if self._client is None:
+            client_class, transport_class, config = self._build
+            if config.insecure:
+                channel = grpc.aio.insecure_channel(config.address())
+                self._client = client_class(transport=transport_class(channel=channel))
+            else:
+                options = ClientOptions(api_endpoint=config.address())
+                self._client = client_class(client_options=options)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client: Any = self._client
+            await client.transport.close()
+            self._client = None
 
 
 def retry_delay(details: Iterable[object]) -> float | None:

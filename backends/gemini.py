@@ -29,7 +29,7 @@ from backends.base import (
     Source,
     Usage,
 )
-from backends.connection import UPSTREAM_ERRORS, ConnectionConfig, map_error, sdk_client
+from backends.connection import UPSTREAM_ERRORS, ConnectionConfig, SdkClient, map_error
 from backends.text import char_index
 
 
@@ -92,7 +92,9 @@ class GeminiBackend:
         self.model = config.model
         self.emulated = config.emulator
         self.config = config
-        self._client: PredictionServiceAsyncClient | None = None
+        self._client = SdkClient(
+            PredictionServiceAsyncClient, PredictionServiceGrpcAsyncIOTransport, config
+        )
         self._template = _request_template(config)
 
     def cache_identity(self) -> dict[str, object]:
@@ -108,19 +110,12 @@ class GeminiBackend:
             }
         )
 
-    def _get_client(self) -> PredictionServiceAsyncClient:
-        if self._client is None:  # built on first use, inside the event loop
-            self._client = sdk_client(
-                PredictionServiceAsyncClient, PredictionServiceGrpcAsyncIOTransport, self.config
-            )
-        return self._client
-
     async def stream(self, request: QARequest) -> AsyncGenerator[Event, None]:
         grpc_request = GenerateContentRequest(self._template)
         grpc_request.contents = [Content(role="user", parts=[Part(text=request.query)])]
         call: Any = None
         try:
-            call = await self._get_client().stream_generate_content(
+            call = await self._client.get().stream_generate_content(
                 request=grpc_request, timeout=self.config.deadline_s
             )
             finish_reason = "stop"
@@ -168,9 +163,7 @@ class GeminiBackend:
                 call.cancel()
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.transport.close()  # type: ignore[no-untyped-call]
-            self._client = None
+        await self._client.aclose()
 
 
 def grounding_citations(metadata: Any, text: str) -> Iterator[Citation]:
