@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +43,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(catalog.router)
     app.include_router(playground.router)
     app.add_middleware(Observed, metrics=metrics, log_queries=settings.log_queries)
+    openapi = app.openapi
+
+    def openapi_with_qa() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            openapi()["paths"]["/qa"] = qa.OPENAPI_PATH
+        return app.openapi_schema or {}
+
+    app.openapi = openapi_with_qa  # type: ignore[method-assign]
 
     @app.get("/metrics", include_in_schema=False)
     async def scrape() -> Response:

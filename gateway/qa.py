@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import Response, StreamingResponse
+from starlette.requests import Request
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from backends.base import QARequest
 from gateway.answering import (
@@ -40,30 +42,59 @@ class QABody(BaseModel):
     )
 
 
-_OPENAPI = openapi(
-    QABody,
-    "The answer as a stream of events: `meta`, `delta`, `citation`, then one `done` or `error`.",
-    ["text/event-stream", "application/x-ndjson", "text/plain"],
-)
+class QAEndpoint:
+    """``POST /qa``: answer a question as a stream (SSE by default; NDJSON or text by
+    ``Accept`` or ``format``).
+
+    A plain ASGI app, not a FastAPI route: the hot path skips dependency injection and the
+    per-request exit stacks, and an open stream holds fewer frames. Errors are
+    ``HTTPProblem``s, turned into JSON by the app's handler like everywhere else.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        runtime: Runtime = request.app.state.runtime
+        wire = choose_wire(request.query_params.get("format"), request.headers.get("accept"))
+        if wire is None:
+            raise HTTPProblem(400, "unsupported_format", "format must be one of: sse, ndjson, text")
+        body = validate(QABody, await read_json(request, runtime.settings.max_body_bytes))
+        check_query(runtime, body.query)
+        backend = backend_named(runtime, body.backend)
+        question = QARequest(body.query, body.session_id)
+        started = await start_answer(request, runtime, question, backend)
+        response = EventStream(
+            _frames(started, runtime, wire),
+            media_type=wire.media_type,
+            headers=started.headers(),
+            close=started.answer.aclose,
+        )
+        await response(scope, receive, send)
 
 
-@router.post("/qa", openapi_extra=_OPENAPI, response_class=StreamingResponse)
-async def qa(request: Request, format: str | None = None) -> Response:
-    """Answer a question as a stream (SSE by default; NDJSON or text by `Accept` or `format`)."""
-    runtime: Runtime = request.app.state.runtime
-    wire = choose_wire(format, request.headers.get("accept"))
-    if wire is None:
-        raise HTTPProblem(400, "unsupported_format", "format must be one of: sse, ndjson, text")
-    body = validate(QABody, await read_json(request, runtime.settings.max_body_bytes))
-    check_query(runtime, body.query)
-    backend = backend_named(runtime, body.backend)
-    started = await start_answer(request, runtime, QARequest(body.query, body.session_id), backend)
-    return EventStream(
-        _frames(started, runtime, wire),
-        media_type=wire.media_type,
-        headers=started.headers(),
-        close=started.answer.aclose,
-    )
+router.routes.append(Route("/qa", QAEndpoint(), methods=["POST"], include_in_schema=False))
+
+OPENAPI_PATH = {
+    "post": {
+        "summary": "Answer a question as a stream",
+        "description": "SSE by default; NDJSON or plain text by `Accept` or `format`.",
+        "operationId": "qa",
+        "parameters": [
+            {
+                "name": "format",
+                "in": "query",
+                "required": False,
+                "schema": {"enum": ["sse", "ndjson", "text"], "type": "string"},
+            }
+        ],
+        **openapi(
+            QABody,
+            "The answer as a stream of events: `meta`, `delta`, `citation`, then one `done` "
+            "or `error`.",
+            ["text/event-stream", "application/x-ndjson", "text/plain"],
+        ),
+    }
+}
+"""``/qa`` in the OpenAPI document (a plain ASGI route has none of its own)."""
 
 
 async def _frames(started: Started, runtime: Runtime, wire: Wire) -> AsyncIterator[bytes]:

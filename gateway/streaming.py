@@ -30,12 +30,12 @@ class EventStream(StreamingResponse):
     ) -> None:
         super().__init__(content, media_type=media_type, headers=headers)
         self.close = close
+        self.client_left = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
-        gone = asyncio.Event()
-        watcher = asyncio.ensure_future(_watch(receive, task, gone))
+        watcher = asyncio.ensure_future(self._watch(receive, task))
         try:
             await send(
                 {
@@ -48,16 +48,15 @@ class EventStream(StreamingResponse):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (asyncio.CancelledError, OSError):
-            if not gone.is_set():
+            if not self.client_left:
                 raise
             task.uncancel()  # the client left: the stream ends here, quietly
         finally:
             watcher.cancel()
             await self.close()
 
-
-async def _watch(receive: Receive, task: asyncio.Task[object], gone: asyncio.Event) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    gone.set()
-    task.cancel()
+    async def _watch(self, receive: Receive, task: asyncio.Task[object]) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.client_left = True
+        task.cancel()
