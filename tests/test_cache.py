@@ -167,6 +167,62 @@ async def test_identical_concurrent_requests_share_one_call(
     assert len(emulator.calls) == 1
 
 
+async def _read_until(response: httpx.Response, deltas: int) -> bytes:
+    """The stream so far, once it holds ``deltas`` delta events."""
+    seen = b""
+    async for chunk in response.aiter_bytes():
+        seen += chunk
+        if seen.count(b"event: delta") >= deltas:
+            break
+    return seen
+
+
+@pytest.mark.parametrize("leaves_after", [0, 3], ids=["before-first-event", "mid-stream"])
+async def test_a_client_leaving_never_cuts_the_others_short(
+    emulator: Emulator, prefix: str, leaves_after: int
+) -> None:
+    """The first asker leaves (before the first event, or mid-stream); the one who joined its
+    flight still gets the whole answer from the same upstream call, and it is stored."""
+    emulator.reset(Behaviour(chunks=12, delay_ms=30, first_delay_ms=200))
+    async with gateway(cached(emulator, prefix)) as url, httpx.AsyncClient(timeout=30) as client:
+        alone = await client.post(f"{url}/qa", json={"query": "the reference answer"})
+        emulator.reset(Behaviour(chunks=12, delay_ms=30, first_delay_ms=200))
+        first = client.stream("POST", f"{url}/qa", json=QUERY)
+        response = await first.__aenter__()
+        if leaves_after:
+            await _read_until(response, leaves_after)
+        second = asyncio.create_task(client.post(f"{url}/qa", json=QUERY))
+        assert await wait_for(lambda: emulator.calls and second.done() is False, timeout=1)
+        await asyncio.sleep(0.05)  # the second request has joined the flight
+        await first.__aexit__(None, None, None)
+        other = await second
+    kinds = [kind for _, kind, _ in parse_sse(other.content)]
+    assert kinds == [kind for _, kind, _ in parse_sse(alone.content)]
+    assert kinds[-1] == "done" and kinds.count("delta") == 12
+    [call] = emulator.calls
+    assert call.completed and not call.cancelled
+    assert await wait_for(lambda: len(answer_keys(prefix)) == 2)
+
+
+async def test_when_every_client_leaves_the_upstream_call_is_cancelled(
+    emulator: Emulator, prefix: str
+) -> None:
+    emulator.reset(Behaviour(chunks=100, delay_ms=20))
+    async with gateway(cached(emulator, prefix)) as url, httpx.AsyncClient(timeout=30) as client:
+        async with client.stream("POST", f"{url}/qa", json=QUERY) as one:
+            await _read_until(one, 2)
+            async with client.stream("POST", f"{url}/qa", json=QUERY) as two:
+                await _read_until(two, 3)
+        assert await wait_for(lambda: emulator.calls[0].cancelled, timeout=1.0)
+        [call] = emulator.calls
+        assert not call.completed
+        async with client.stream("POST", f"{url}/qa", json=QUERY) as alone:
+            await _read_until(alone, 1)
+        assert await wait_for(lambda: emulator.calls[-1].cancelled, timeout=1.0)
+    assert len(emulator.calls) == 2
+    assert answer_keys(prefix) == {}
+
+
 async def test_failure_reaches_every_client_and_nothing_is_stored(
     emulator: Emulator, prefix: str
 ) -> None:
