@@ -137,7 +137,10 @@ class Cached:
             if events is not None:
                 return self._replay(events, "HIT")
         flight = self.flights.get(key)
-        if flight is None or flight.abandoned:
+        while flight is not None and flight.abandoned:
+            await flight.finished()  # and its lock in Redis with it: never follow a dying flight
+            flight = self.flights.get(key)
+        if flight is None:
             plan = _Plan(key, ask)
             flight = Flight(lambda f: self._start(plan, f), lambda f: self._end(plan, f))
             self.flights[key] = flight
@@ -169,11 +172,11 @@ class Cached:
             value = encode_entry(flight.events)
             if len(value) <= self.policy.cache_max_entry_bytes:
                 await self.store.set(plan.key, value, self.policy.cache_ttl_s)
-        if self.flights.get(plan.key) is flight:
-            del self.flights[plan.key]
-        if plan.publisher is not None:
+        if plan.publisher is not None:  # releases the lock: a new asker may then claim it
             end = flight.events[-1] if flight.complete else flight.error
             await plan.publisher.finish(end or TransientError("aborted", "no answer"))
+        if self.flights.get(plan.key) is flight:
+            del self.flights[plan.key]
 
     def _storable(self, flight: Flight) -> bool:
         if not flight.complete or flight.backend is not self.backend:

@@ -67,6 +67,11 @@ class Flight:
         assert self.backend is not None
         return Answer(self.backend, self.events[0], self._follow(leave), release=leave)
 
+    async def finished(self) -> None:
+        """Wait until the flight has ended (its ``on_end`` has run)."""
+        while not self.ended:
+            await self._changed.wait()
+
     async def _follow(
         self, leave: Callable[[], Awaitable[None]]
     ) -> AsyncGenerator[Sequence[Event], None]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -167,13 +167,11 @@ async def test_identical_concurrent_requests_share_one_call(
     assert len(emulator.calls) == 1
 
 
-async def _read_until(response: httpx.Response, deltas: int) -> bytes:
-    """The stream so far, once it holds ``deltas`` delta events."""
+async def _read_until(chunks: AsyncIterator[bytes], deltas: int) -> bytes:
+    """The stream so far, once it holds ``deltas`` delta events; the connection stays open."""
     seen = b""
-    async for chunk in response.aiter_bytes():
-        seen += chunk
-        if seen.count(b"event: delta") >= deltas:
-            break
+    while seen.count(b"event: delta") < deltas:
+        seen += await anext(chunks)
     return seen
 
 
@@ -183,20 +181,29 @@ async def test_a_client_leaving_never_cuts_the_others_short(
 ) -> None:
     """The first asker leaves (before the first event, or mid-stream); the one who joined its
     flight still gets the whole answer from the same upstream call, and it is stored."""
-    emulator.reset(Behaviour(chunks=12, delay_ms=30, first_delay_ms=200))
+    emulator.reset(Behaviour(chunks=12, delay_ms=30, first_delay_ms=400))
     async with gateway(cached(emulator, prefix)) as url, httpx.AsyncClient(timeout=30) as client:
         alone = await client.post(f"{url}/qa", json={"query": "the reference answer"})
-        emulator.reset(Behaviour(chunks=12, delay_ms=30, first_delay_ms=200))
+        emulator.reset(Behaviour(chunks=12, delay_ms=30, first_delay_ms=400))
         first = client.stream("POST", f"{url}/qa", json=QUERY)
-        response = await first.__aenter__()
+        second = client.stream("POST", f"{url}/qa", json=QUERY)
         if leaves_after:
-            await _read_until(response, leaves_after)
-        second = asyncio.create_task(client.post(f"{url}/qa", json=QUERY))
-        assert await wait_for(lambda: emulator.calls and second.done() is False, timeout=1)
-        await asyncio.sleep(0.05)  # the second request has joined the flight
-        await first.__aexit__(None, None, None)
-        other = await second
-    kinds = [kind for _, kind, _ in parse_sse(other.content)]
+            chunks = (await first.__aenter__()).aiter_bytes()  # kept: dropping it hangs up
+            await _read_until(chunks, leaves_after)
+            answer = await second.__aenter__()  # its status line: it has joined
+            await first.__aexit__(None, None, None)
+        else:  # both wait for the first event; the second joins while the first still waits
+            waiting = asyncio.create_task(first.__aenter__())
+            assert await wait_for(lambda: len(emulator.calls) == 1)
+            joined = asyncio.create_task(second.__aenter__())
+            await asyncio.sleep(0.1)
+            waiting.cancel()  # the first client hangs up
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            answer = await joined
+        other = await answer.aread()
+        await second.__aexit__(None, None, None)
+    kinds = [kind for _, kind, _ in parse_sse(other)]
     assert kinds == [kind for _, kind, _ in parse_sse(alone.content)]
     assert kinds[-1] == "done" and kinds.count("delta") == 12
     [call] = emulator.calls
@@ -210,17 +217,33 @@ async def test_when_every_client_leaves_the_upstream_call_is_cancelled(
     emulator.reset(Behaviour(chunks=100, delay_ms=20))
     async with gateway(cached(emulator, prefix)) as url, httpx.AsyncClient(timeout=30) as client:
         async with client.stream("POST", f"{url}/qa", json=QUERY) as one:
-            await _read_until(one, 2)
+            chunks = one.aiter_bytes()  # kept: dropping it hangs up
+            await _read_until(chunks, 2)
             async with client.stream("POST", f"{url}/qa", json=QUERY) as two:
-                await _read_until(two, 3)
+                await _read_until(two.aiter_bytes(), 3)
         assert await wait_for(lambda: emulator.calls[0].cancelled, timeout=1.0)
         [call] = emulator.calls
         assert not call.completed
         async with client.stream("POST", f"{url}/qa", json=QUERY) as alone:
-            await _read_until(alone, 1)
+            await _read_until(alone.aiter_bytes(), 1)
         assert await wait_for(lambda: emulator.calls[-1].cancelled, timeout=1.0)
     assert len(emulator.calls) == 2
     assert answer_keys(prefix) == {}
+
+
+async def test_asked_again_right_after_hanging_up_gets_a_whole_new_answer(
+    emulator: Emulator, prefix: str
+) -> None:
+    """Stop, then ask again at once: the new question never follows the abandoned call."""
+    emulator.reset(Behaviour(chunks=8, delay_ms=20))
+    async with gateway(cached(emulator, prefix)) as url, httpx.AsyncClient(timeout=30) as client:
+        async with client.stream("POST", f"{url}/qa", json=QUERY) as stopped:
+            chunks = stopped.aiter_bytes()
+            await _read_until(chunks, 2)
+        again = await client.post(f"{url}/qa", json=QUERY)
+    kinds = [kind for _, kind, _ in parse_sse(again.content)]
+    assert kinds == ["meta"] + ["delta"] * 8 + ["done"]
+    assert [call.cancelled for call in emulator.calls] == [True, False]
 
 
 async def test_failure_reaches_every_client_and_nothing_is_stored(
