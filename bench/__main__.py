@@ -117,7 +117,7 @@ async def run(args: argparse.Namespace) -> Results:
         await scenarios.idle_cost(bench, idle)
         ours = sum(procs.cpu_s(pid) for pid in (gateway.pid, emulator.pid, os.getpid()))
         others = procs.machine_busy_s() - busy_before - (ours - mine_before)
-        others_cores = others / (time.monotonic() - gateway.started_at)
+        others_cores = max(0.0, others) / (time.monotonic() - gateway.started_at)
     finally:
         bench.pool.close()
         await direct.close()
