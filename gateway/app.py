@@ -45,12 +45,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(Observed, metrics=metrics, log_queries=settings.log_queries)
     openapi = app.openapi
 
-    def openapi_with_qa() -> dict[str, Any]:
+    def openapi_with_answering_routes() -> dict[str, Any]:  # plain ASGI routes have none
         if app.openapi_schema is None:
-            openapi()["paths"]["/qa"] = qa.OPENAPI_PATH
+            paths = openapi()["paths"]
+            paths["/qa"] = qa.OPENAPI_PATH
+            paths["/v1/chat/completions"] = openai_api.OPENAPI_PATH
         return app.openapi_schema or {}
 
-    app.openapi = openapi_with_qa  # type: ignore[method-assign]
+    app.openapi = openapi_with_answering_routes  # type: ignore[method-assign]
 
     @app.get("/metrics", include_in_schema=False)
     async def scrape() -> Response:

@@ -37,7 +37,9 @@ from typing import Any, Literal
 import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from backends.base import Citation, Delta, Done, PermanentError, QARequest, TransientError
 from gateway.answering import (
@@ -54,7 +56,7 @@ from gateway.answering import (
 from gateway.catalog import configured
 from gateway.errors import HTTPProblem
 from gateway.runtime import Runtime
-from gateway.streaming import EventStream
+from gateway.streaming import Departure, EventStream
 from gateway.wire import Body, error_body, event_body
 
 router = APIRouter(prefix="/v1")
@@ -95,39 +97,60 @@ class ChatBody(BaseModel):
     )
 
 
-_OPENAPI = openapi(
-    ChatBody,
-    "A `chat.completion`, or with `stream` true its `chat.completion.chunk`s as server-sent "
-    "events ending in `data: [DONE]`.",
-    ["application/json", "text/event-stream"],
+class ChatCompletions:
+    """``POST /v1/chat/completions``: answer the last user message as a chat completion,
+    streamed if ``stream`` is true. A plain ASGI app, like ``/qa``."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        runtime: Runtime = request.app.state.runtime
+        body = validate(ChatBody, await read_json(request, runtime.settings.max_body_bytes))
+        query = last_user_text(body.messages)
+        check_query(runtime, query, "messages")
+        backend = backend_named(runtime, body.model)
+        question = QARequest(query, body.session_id)
+        async with Departure(receive):
+            started = await start_answer(request, runtime, question, backend)
+            reply = Reply(
+                f"chatcmpl-{started.trace.request_id}",
+                int(time.time()),
+                started.answer.backend.name,
+            )
+            response: Response
+            if body.stream:
+                usage = body.stream_options is not None and body.stream_options.include_usage
+                response = EventStream(
+                    _chunks(started, runtime, reply, usage),
+                    media_type="text/event-stream",
+                    headers=started.headers(),
+                    close=started.answer.aclose,
+                )
+            else:
+                response = Response(
+                    orjson.dumps(await _completion(started, runtime, reply)),
+                    media_type="application/json",
+                    headers=started.headers(),
+                )
+            await response(scope, receive, send)
+
+
+router.routes.append(
+    Route("/v1/chat/completions", ChatCompletions(), methods=["POST"], include_in_schema=False)
 )
-
-
-@router.post("/chat/completions", openapi_extra=_OPENAPI, response_class=StreamingResponse)
-async def chat_completions(request: Request) -> Response:
-    """Answer the last user message as a chat completion, streamed if `stream` is true."""
-    runtime: Runtime = request.app.state.runtime
-    body = validate(ChatBody, await read_json(request, runtime.settings.max_body_bytes))
-    query = last_user_text(body.messages)
-    check_query(runtime, query, "messages")
-    backend = backend_named(runtime, body.model)
-    started = await start_answer(request, runtime, QARequest(query, body.session_id), backend)
-    reply = Reply(
-        f"chatcmpl-{started.trace.request_id}", int(time.time()), started.answer.backend.name
-    )
-    if body.stream:
-        usage = body.stream_options is not None and body.stream_options.include_usage
-        return EventStream(
-            _chunks(started, runtime, reply, usage),
-            media_type="text/event-stream",
-            headers=started.headers(),
-            close=started.answer.aclose,
-        )
-    return Response(
-        orjson.dumps(await _completion(started, runtime, reply)),
-        media_type="application/json",
-        headers=started.headers(),
-    )
+OPENAPI_PATH = {
+    "post": {
+        "summary": "Chat Completions",
+        "description": "The OpenAI chat completions API over the same answering path as `/qa`.",
+        "operationId": "chat_completions",
+        **openapi(
+            ChatBody,
+            "A `chat.completion`, or with `stream` true its `chat.completion.chunk`s as "
+            "server-sent events ending in `data: [DONE]`.",
+            ["application/json", "text/event-stream"],
+        ),
+    }
+}
+"""``/v1/chat/completions`` in the OpenAPI document."""
 
 
 @router.get("/models")

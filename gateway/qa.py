@@ -24,7 +24,7 @@ from gateway.answering import (
 )
 from gateway.errors import HTTPProblem
 from gateway.runtime import Runtime
-from gateway.streaming import EventStream
+from gateway.streaming import Departure, EventStream
 from gateway.wire import Wire, choose_wire, error_body, event_body
 
 router = APIRouter()
@@ -61,14 +61,15 @@ class QAEndpoint:
         check_query(runtime, body.query)
         backend = backend_named(runtime, body.backend)
         question = QARequest(body.query, body.session_id)
-        started = await start_answer(request, runtime, question, backend)
-        response = EventStream(
-            _frames(started, runtime, wire),
-            media_type=wire.media_type,
-            headers=started.headers(),
-            close=started.answer.aclose,
-        )
-        await response(scope, receive, send)
+        async with Departure(receive):
+            started = await start_answer(request, runtime, question, backend)
+            response = EventStream(
+                _frames(started, runtime, wire),
+                media_type=wire.media_type,
+                headers=started.headers(),
+                close=started.answer.aclose,
+            )
+            await response(scope, receive, send)
 
 
 router.routes.append(Route("/qa", QAEndpoint(), methods=["POST"], include_in_schema=False))

@@ -1,22 +1,62 @@
-"""``EventStream``: a streaming response with the least work per request and per chunk.
+"""Answering over HTTP with the least work per request and per chunk, and never for nobody.
 
-Starlette's ``StreamingResponse`` runs each stream in an anyio task group with a second task
-listening for the disconnect. Here the stream runs in the request's own task and one small
-watcher task cancels it when the client goes away; cleanup (cancelling the upstream call)
-happens in the iterator's ``finally`` blocks, as before.
+``Departure`` cancels the request's task the moment the client disconnects, from the wait
+for the first event (retries and backoff included) to the last byte; cleanup (cancelling
+the upstream call) happens in the answer's ``finally`` blocks. ``EventStream`` sends each
+chunk as it is produced, in the request's own task: Starlette's ``StreamingResponse`` would
+run an anyio task group with a second task listening for the disconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 
+class Departure:
+    """``async with Departure(receive):`` the client leaving cancels the work inside, and
+    that cancellation ends the request quietly (nobody is left to answer).
+
+    Enter once the request body has been read: from then on ``receive`` only ever brings the
+    disconnect.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.left = False
+
+    async def __aenter__(self) -> Departure:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher = asyncio.ensure_future(self._watch())
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        self._watcher.cancel()
+        if not self.left:
+            return False
+        self._task.uncancel()
+        return kind is None or issubclass(kind, (asyncio.CancelledError, OSError))
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self.left = True
+        self._task.cancel()
+
+
 class EventStream(StreamingResponse):
-    """Sends each chunk of ``content`` as it is produced; stops when the client leaves.
+    """Sends each chunk of ``content`` as it is produced (inside a ``Departure``).
 
     ``close`` runs however the response ends, even if ``content`` was never read.
     """
@@ -30,12 +70,8 @@ class EventStream(StreamingResponse):
     ) -> None:
         super().__init__(content, media_type=media_type, headers=headers)
         self.close = close
-        self.client_left = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        watcher = asyncio.ensure_future(self._watch(receive, task))
         try:
             await send(
                 {
@@ -47,16 +83,5 @@ class EventStream(StreamingResponse):
             async for chunk in self.body_iterator:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (asyncio.CancelledError, OSError):
-            if not self.client_left:
-                raise
-            task.uncancel()  # the client left: the stream ends here, quietly
         finally:
-            watcher.cancel()
             await self.close()
-
-    async def _watch(self, receive: Receive, task: asyncio.Task[object]) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.client_left = True
-        task.cancel()

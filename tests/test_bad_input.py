@@ -89,3 +89,5 @@ async def test_health_ready_and_docs(client: httpx.AsyncClient, gateway_url: str
     spec = (await client.get(f"{gateway_url}/openapi.json")).json()
     schema = spec["paths"]["/qa"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(schema["properties"]) == {"query", "backend", "session_id"}
+    chat = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
+    assert {"model", "messages", "stream"} <= set(chat["application/json"]["schema"]["properties"])

@@ -246,6 +246,17 @@ async def test_asked_again_right_after_hanging_up_gets_a_whole_new_answer(
     assert [call.cancelled for call in emulator.calls] == [True, False]
 
 
+async def test_leaving_before_the_first_event_cancels_the_flight(
+    emulator: Emulator, prefix: str
+) -> None:
+    emulator.reset(Behaviour(first_delay_ms=5000))
+    async with gateway(cached(emulator, prefix)) as url, httpx.AsyncClient(timeout=30) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post(f"{url}/qa", json=QUERY, timeout=0.3)
+        assert await wait_for(lambda: emulator.calls and emulator.calls[0].cancelled, timeout=2.0)
+    assert answer_keys(prefix) == {}
+
+
 async def test_failure_reaches_every_client_and_nothing_is_stored(
     emulator: Emulator, prefix: str
 ) -> None:

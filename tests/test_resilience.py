@@ -226,3 +226,37 @@ async def test_two_hundred_disconnects_leave_nothing_behind(emulator: Emulator) 
         assert not any(call.completed for call in emulator.calls)
         assert await wait_for(lambda: len(asyncio.all_tasks()) <= baseline, 30)
         assert app.state.runtime.guards.active == set()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/qa", QUERY),
+        (
+            "/v1/chat/completions",
+            {"model": "gemini", "messages": [{"role": "user", "content": "hi"}]},
+        ),
+    ],
+    ids=["qa", "chat-completions"],
+)
+async def test_leaving_before_the_first_event_cancels_the_upstream_call(
+    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator, path: str, body: Any
+) -> None:
+    """The wait for the first event (often the longest part of an answer) is cancelled with
+    the client: the emulator would only send its first chunk after 5 s."""
+    emulator.reset(Behaviour(first_delay_ms=5000))
+    with pytest.raises(httpx.ReadTimeout):
+        await client.post(f"{gateway_url}{path}", json=body, timeout=0.3)
+    assert await wait_for(lambda: emulator.calls and emulator.calls[0].cancelled, timeout=2.0)
+    assert emulator.calls[0].chunks_sent == 0
+
+
+async def test_leaving_a_non_streamed_completion_cancels_the_upstream_call(
+    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
+) -> None:
+    emulator.reset(Behaviour(chunks=100, delay_ms=50))
+    body = {"model": "gemini", "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(httpx.ReadTimeout):
+        await client.post(f"{gateway_url}/v1/chat/completions", json=body, timeout=0.5)
+    assert await wait_for(lambda: emulator.calls[0].cancelled, timeout=2.0)
+    assert not emulator.calls[0].completed
