@@ -95,7 +95,7 @@ class GeminiBackend:
         self._client = SdkClient(
             PredictionServiceAsyncClient, PredictionServiceGrpcAsyncIOTransport, config
         )
-        self._template = _request_template(config)
+        self._template = GenerateContentRequest.pb(_request_template(config))
 
     def cache_identity(self) -> dict[str, object]:
         return self.config.model_dump(
@@ -111,8 +111,11 @@ class GeminiBackend:
         )
 
     async def stream(self, request: QARequest) -> AsyncGenerator[Event, None]:
-        grpc_request = GenerateContentRequest(self._template)
-        grpc_request.contents = [Content(role="user", parts=[Part(text=request.query)])]
+        # The raw protobuf, then wrapped: proto-plus would marshal the question field by field.
+        message = GenerateContentRequest.pb()()
+        message.CopyFrom(self._template)
+        message.contents.add(role="user").parts.add(text=request.query)
+        grpc_request = GenerateContentRequest.wrap(message)
         call: Any = None
         try:
             call = await self._client.get().stream_generate_content(

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import sys
 
@@ -66,6 +67,9 @@ def _serve(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 50, 100)
+    # The log lines name no source line, thread or process: skip finding them per record.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     GatewayServer(create_app(settings), args.host, args.port, settings.shutdown_grace_s).run()
     return 0
 
