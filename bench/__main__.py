@@ -109,11 +109,11 @@ async def run(args: argparse.Namespace) -> Results:
         sweep = await scenarios.sweep(bench, hit_query)
         log("identical concurrent requests")
         identical = await scenarios.identical(bench)
-        log(f"{sizes.streams} open streams, through the gateway then direct")
-        held = [
-            await streams.open_streams(bench, via_gateway=True),
-            await streams.open_streams(bench, via_gateway=False),
-        ]
+        held = []
+        for round_ in range(1, sizes.stream_rounds + 1):
+            log(f"{sizes.streams} open streams, round {round_}: gateway, then direct")
+            held.append(await streams.open_streams(bench, via_gateway=True))
+            held.append(await streams.open_streams(bench, via_gateway=False))
         await scenarios.idle_cost(bench, idle)
         ours = sum(procs.cpu_s(pid) for pid in (gateway.pid, emulator.pid, os.getpid()))
         others = procs.machine_busy_s() - busy_before - (ours - mine_before)

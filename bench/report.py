@@ -221,6 +221,9 @@ def _streams(streams: list[Streams]) -> list[str]:
     return [
         "## Open streams (1 event/s; delay = arrival at the client - hand-off by the emulator)",
         "",
+        "One row per path and round, rounds in order. RSS per stream counts in the first round "
+        "only: later rounds reuse memory the first one freed.",
+        "",
         *_table(
             [
                 "path",

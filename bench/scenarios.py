@@ -32,12 +32,14 @@ class Sizes:
     streams: int
     stream_events: int
     ramp_s: float
+    stream_rounds: int
+    """Open-stream runs, each through the gateway then direct: the delay is noisy."""
 
     @classmethod
     def for_run(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(2, 20, 64, (1, 8), 64, 20, 20, 4, 0.5)
-        return cls(7, 300, 1200, (1, 2, 4, 8, 16, 32), 1000, 100, 1000, 20, 8.0)
+            return cls(2, 20, 64, (1, 8), 64, 20, 20, 4, 0.5, 1)
+        return cls(7, 300, 1200, (1, 2, 4, 8, 16, 32), 1000, 100, 1000, 20, 8.0, 3)
 
 
 @dataclass
