@@ -6,18 +6,21 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Send
 
 from backends.base import BackendError, Event, QARequest
 from gateway.errors import HTTPProblem
 from gateway.guard import StreamGuard
 from gateway.runtime import Runtime
+from gateway.streaming import Departure
 from gateway.trace import Trace
 from gateway.upstream import Answer, Ask
 
@@ -117,6 +120,22 @@ def backend_named(runtime: Runtime, name: str | None) -> str:
         known = ", ".join(sorted(runtime.upstreams))
         raise HTTPProblem(404, "unknown_backend", f"no backend {name!r}; configured: {known}")
     return name
+
+
+async def answer(
+    request: Request,
+    send: Send,
+    question: QARequest,
+    backend: str,
+    respond: Callable[[Started], Awaitable[Response]],
+) -> None:
+    """Open the answer and send the response ``respond`` makes of it; the client leaving
+    cancels both (``Departure``). Call once the body has been read."""
+    runtime: Runtime = request.app.state.runtime
+    async with Departure(request.receive):
+        started = await start_answer(request, runtime, question, backend)
+        response = await respond(started)
+        await response(request.scope, request.receive, send)
 
 
 async def start_answer(

@@ -45,18 +45,18 @@ from backends.base import Citation, Delta, Done, PermanentError, QARequest, Tran
 from gateway.answering import (
     Failure,
     Started,
+    answer,
     backend_named,
     check_query,
     openapi,
     outcomes,
     read_json,
-    start_answer,
     validate,
 )
 from gateway.catalog import configured
 from gateway.errors import HTTPProblem
 from gateway.runtime import Runtime
-from gateway.streaming import Departure, EventStream
+from gateway.streaming import EventStream
 from gateway.wire import Body, error_body, event_body
 
 router = APIRouter(prefix="/v1")
@@ -109,29 +109,28 @@ class ChatCompletions:
         check_query(runtime, query, "messages")
         backend = backend_named(runtime, body.model)
         question = QARequest(query, body.session_id)
-        async with Departure(receive):
-            started = await start_answer(request, runtime, question, backend)
+
+        async def respond(started: Started) -> Response:
             reply = Reply(
                 f"chatcmpl-{started.trace.request_id}",
                 int(time.time()),
                 started.answer.backend.name,
             )
-            response: Response
             if body.stream:
                 usage = body.stream_options is not None and body.stream_options.include_usage
-                response = EventStream(
+                return EventStream(
                     _chunks(started, runtime, reply, usage),
                     media_type="text/event-stream",
                     headers=started.headers(),
                     close=started.answer.aclose,
                 )
-            else:
-                response = Response(
-                    orjson.dumps(await _completion(started, runtime, reply)),
-                    media_type="application/json",
-                    headers=started.headers(),
-                )
-            await response(scope, receive, send)
+            return Response(
+                orjson.dumps(await _completion(started, runtime, reply)),
+                media_type="application/json",
+                headers=started.headers(),
+            )
+
+        await answer(request, send, question, backend, respond)
 
 
 router.routes.append(

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -14,17 +15,17 @@ from backends.base import QARequest
 from gateway.answering import (
     Failure,
     Started,
+    answer,
     backend_named,
     check_query,
     openapi,
     outcomes,
     read_json,
-    start_answer,
     validate,
 )
 from gateway.errors import HTTPProblem
 from gateway.runtime import Runtime
-from gateway.streaming import Departure, EventStream
+from gateway.streaming import EventStream
 from gateway.wire import Wire, choose_wire, error_body, event_body
 
 router = APIRouter()
@@ -61,15 +62,16 @@ class QAEndpoint:
         check_query(runtime, body.query)
         backend = backend_named(runtime, body.backend)
         question = QARequest(body.query, body.session_id)
-        async with Departure(receive):
-            started = await start_answer(request, runtime, question, backend)
-            response = EventStream(
+
+        async def respond(started: Started) -> Response:
+            return EventStream(
                 _frames(started, runtime, wire),
                 media_type=wire.media_type,
                 headers=started.headers(),
                 close=started.answer.aclose,
             )
-            await response(scope, receive, send)
+
+        await answer(request, send, question, backend, respond)
 
 
 router.routes.append(Route("/qa", QAEndpoint(), methods=["POST"], include_in_schema=False))
