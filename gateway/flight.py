@@ -16,6 +16,9 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from backends.base import Backend, BackendError, Event, TransientError
 from gateway.upstream import Answer
 
+ABANDONED = "abandoned"
+"""The error code of a flight every client left (it reaches only followers elsewhere)."""
+
 
 class Flight:
     """One answer in the making and the clients following it."""
@@ -116,7 +119,7 @@ class Flight:
         except BackendError as error:
             self.error = error
         except asyncio.CancelledError:
-            self.error = TransientError("cancelled", "every client left")
+            self.error = TransientError(ABANDONED, "every client left")
         finally:
             if answer is not None:
                 await answer.aclose()

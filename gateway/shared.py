@@ -19,8 +19,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from backends.base import Backend, BackendError, Event, TransientError, error_for
-from gateway.flight import Flight
+from backends.base import Backend, BackendError, Event, PermanentError, TransientError
+from gateway.flight import ABANDONED, Flight
 from gateway.stores import Breaker
 from gateway.upstream import Answer
 from gateway.wire import error_body, event_body, event_from_body
@@ -63,46 +63,56 @@ class SharedFlights:
     async def follow(
         self, key: str, backends: Callable[[str], Backend], first_event_s: float
     ) -> Answer | None:
-        """The answer another instance is producing, or None if none shows up in time."""
+        """The answer another instance is producing, or None if none shows up in time or
+        the one found was abandoned (then this instance answers it itself)."""
         counted = await self.breaker.call(lambda: self._count_follower(key, +1), None)
         if counted is None:
             return None
-        entries = self._entries(key)
+        batches = self._batches(key)
         backend: Backend | None = None
+        first: Event | None = None
         try:
             async with asyncio.timeout(first_event_s):
-                async for kind, body in entries:
-                    if kind == "meta":
-                        backend = backends(str(body["backend"]))
-                        continue
-                    first = _event(kind, body)  # raises the error the other instance got
-                    break
+                async for batch in batches:
+                    if any(kind == "error" and body["code"] == ABANDONED for kind, body in batch):
+                        raise _Lost("every client of that answer left")
+                    while batch and first is None:
+                        kind, body = batch.pop(0)
+                        if kind == "meta":
+                            backend = backends(str(body["backend"]))
+                        else:
+                            first = _event(kind, body)  # raises the error the other one got
+                    if first is not None:
+                        break
         except BaseException as error:
-            await entries.aclose()
+            await batches.aclose()
             await self.breaker.call(lambda: self._count_follower(key, -1), None)
             if isinstance(error, TimeoutError | _Lost):
                 return None  # nobody is answering after all: answer it here
             raise
-        assert backend is not None
-        return Answer(backend, first, self._rest(key, entries))
+        assert backend is not None and first is not None
+        return Answer(backend, first, self._rest(key, batch, batches))
 
     async def _rest(
-        self, key: str, entries: AsyncGenerator[Entry, None]
+        self, key: str, ready: list[Entry], batches: AsyncGenerator[list[Entry], None]
     ) -> AsyncGenerator[Sequence[Event], None]:
         try:
-            async for kind, body in entries:
-                event = _event(kind, body)
-                yield (event,)
-                if event.type == "done":
+            while True:
+                events = [_event(kind, body) for kind, body in ready]
+                if events:
+                    yield events
+                if events and events[-1].type == "done":
                     return
+                ready = await anext(batches)
         except _Lost as lost:
             raise TransientError("unavailable", f"lost the shared answer: {lost}") from None
         finally:
-            await entries.aclose()
+            await batches.aclose()
             await self.breaker.call(lambda: self._count_follower(key, -1), None)
 
-    async def _entries(self, key: str) -> AsyncGenerator[Entry, None]:
-        """The flight's entries from the first; ``_Lost`` if Redis or the caller goes away."""
+    async def _batches(self, key: str) -> AsyncGenerator[list[Entry], None]:
+        """The flight's entries from the first, as many as each read brings; ``_Lost`` if
+        Redis or the caller goes away."""
         last: bytes = b"0-0"
         while True:  # not gated by the breaker: a follower has no other source
             try:
@@ -115,10 +125,8 @@ class SharedFlights:
                 self.breaker.failed(error)
                 raise _Lost("Redis is unavailable") from None
             for _, messages in reply:
-                for message_id, fields in messages:
-                    last = message_id
-                    kind, body = orjson.loads(fields[b"e"])
-                    yield kind, body
+                last = messages[-1][0]
+                yield [orjson.loads(fields[b"e"]) for _, fields in messages]
 
     async def _count_follower(self, key: str, step: int) -> int:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -201,6 +209,7 @@ class Publisher:
 
 
 def _event(kind: str, body: dict[str, object]) -> Event:
-    if kind == "error":
-        raise error_for(str(body["code"]), str(body["message"]))
+    if kind == "error":  # as retryable as it was where it happened
+        error = TransientError if body["retryable"] else PermanentError
+        raise error(str(body["code"]), str(body["message"]))
     return event_from_body(kind, body)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -255,6 +256,58 @@ async def test_leaving_before_the_first_event_cancels_the_flight(
             await client.post(f"{url}/qa", json=QUERY, timeout=0.3)
         assert await wait_for(lambda: emulator.calls and emulator.calls[0].cancelled, timeout=2.0)
     assert answer_keys(prefix) == {}
+
+
+async def test_an_asker_on_another_instance_never_inherits_an_abandoned_answer(
+    emulator: Emulator, prefix: str
+) -> None:
+    """The asker on the first instance hangs up before the first event while one on the
+    second instance follows that flight through Redis: the second still gets a whole answer."""
+    emulator.reset(Behaviour(chunks=8, delay_ms=10, first_delay_ms=600))
+    settings = cached(emulator, prefix)
+    async with (
+        gateway(settings) as first_url,
+        gateway(settings) as second_url,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        first = asyncio.create_task(client.post(f"{first_url}/qa", json=QUERY))
+        assert await wait_for(lambda: len(emulator.calls) == 1)
+        second = asyncio.create_task(client.post(f"{second_url}/qa", json=QUERY))
+        assert await wait_for(
+            lambda: any(k.endswith(b":followers") for k in keys_under(SHARED_URL, prefix))
+        )
+        first.cancel()  # the first asker hangs up; the second instance still follows
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        answer = await second
+    kinds = [kind for _, kind, _ in parse_sse(answer.content)]
+    assert (answer.status_code, kinds) == (200, ["meta"] + ["delta"] * 8 + ["done"])
+    assert emulator.calls[0].cancelled or emulator.calls[0].completed
+    assert emulator.calls[-1].completed
+
+
+async def test_an_answer_abandoned_elsewhere_is_never_followed(
+    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+) -> None:
+    """Asked in the moment between another instance abandoning its call and releasing its
+    lock: the half answer it left in Redis is not replayed; this instance answers afresh."""
+    async with gateway(cached(emulator, prefix)) as url:
+        reference = await client.post(f"{url}/qa", json=QUERY)
+        [key] = answer_keys(prefix)
+        abandoned = [
+            ["meta", {"backend": "gemini"}],
+            ["delta", {"text": "Half an answer"}],
+            ["error", {"code": "abandoned", "message": "every client left", "retryable": True}],
+        ]
+        with redis.Redis.from_url(SHARED_URL) as r:
+            r.delete(key)
+            r.set(key + b":lock", b"1", px=10_000)  # the other instance, still holding it
+            for entry in abandoned:
+                r.xadd(key + b":events", {"e": orjson.dumps(entry)})
+        answer = await client.post(f"{url}/qa", json=QUERY)
+    assert answer.status_code == 200
+    assert comparable(parse_sse(answer.content)) == comparable(parse_sse(reference.content))
+    assert len(emulator.calls) == 2
 
 
 async def test_failure_reaches_every_client_and_nothing_is_stored(
