@@ -137,7 +137,15 @@ class AgentBuilderBackend:
                     yield event
             yield reader.done()
         except UPSTREAM_ERRORS as exc:
-            raise map_error(exc) from None
+            error = map_error(exc)
+            if error.code == "not_found" and request.session_id is not None:
+                # On a follow-up turn NOT_FOUND is the session (a wrong engine fails every turn).
+                raise PermanentError(
+                    "session_not_found",
+                    f"no session {session_id!r} (expired or never started): ask without "
+                    "session_id to start a new conversation",
+                ) from None
+            raise error from None
         finally:
             if call is not None:
                 call.cancel()

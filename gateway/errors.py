@@ -13,6 +13,7 @@ _UPSTREAM_STATUS = {
     "invalid_argument": 400,
     "failed_precondition": 400,
     "out_of_range": 400,
+    "session_not_found": 404,
     "resource_exhausted": 429,
     "unavailable": 503,
     "deadline_exceeded": 504,

@@ -91,16 +91,19 @@ async def test_session_id_continues_the_conversation(
     assert second["session_id"] == first["session_id"]
 
 
-async def test_unknown_session_is_an_upstream_not_found(
+async def test_unknown_session_is_a_404_that_says_to_start_over(
     client: httpx.AsyncClient, url: str, emulator: Emulator
 ) -> None:
     response = await ask(client, url, session_id="404")
+    assert response.status_code == 404
     assert response.json()["error"] == {
-        "code": "not_found",
-        "message": f"{ENGINE}/sessions/404 not found",
+        "code": "session_not_found",
+        "message": "no session '404' (expired or never started): ask without session_id to "
+        "start a new conversation",
         "retryable": False,
     }
     assert emulator.calls[0].failed == "NOT_FOUND"
+    assert len(emulator.calls) == 1  # not retried
 
 
 async def test_malformed_session_id_is_refused_before_calling_google(
