@@ -126,22 +126,26 @@ class GeminiBackend:
             pieces: list[str] = []
             async for message in call:
                 response = GenerateContentResponse.pb(message)
-                for candidate in response.candidates[:1]:
+                # Presence checks first: reading an unset message field builds an empty one.
+                if response.candidates:
+                    candidate = response.candidates[0]
                     for part in candidate.content.parts:
-                        if part.text and not part.thought:
-                            pieces.append(part.text)
-                            yield Delta(part.text)
-                    # The SDK documents these offsets only as an "index into the content", with
-                    # no unit (grounding segments say bytes): they pass through unchanged.
-                    for cited in candidate.citation_metadata.citations:
-                        yield Citation(
-                            cited.start_index,
-                            cited.end_index,
-                            (Source(cited.title, cited.uri),),
-                        )
-                    if candidate.grounding_metadata.grounding_supports:
-                        text = "".join(pieces)
-                        for citation in grounding_citations(candidate.grounding_metadata, text):
+                        text = part.text
+                        if text and not part.thought:
+                            pieces.append(text)
+                            yield Delta(text)
+                    if candidate.HasField("citation_metadata"):
+                        # The SDK documents these offsets only as an "index into the content",
+                        # with no unit (grounding segments say bytes): they pass through unchanged.
+                        for cited in candidate.citation_metadata.citations:
+                            yield Citation(
+                                cited.start_index,
+                                cited.end_index,
+                                (Source(cited.title, cited.uri),),
+                            )
+                    if candidate.HasField("grounding_metadata"):
+                        grounding = candidate.grounding_metadata
+                        for citation in grounding_citations(grounding, "".join(pieces)):
                             yield citation
                     if candidate.finish_reason:
                         finish_reason = candidate.FinishReason.Name(candidate.finish_reason)
@@ -152,7 +156,7 @@ class GeminiBackend:
                         meta.candidates_token_count,
                         meta.total_token_count,
                     )
-                if response.prompt_feedback.block_reason:
+                if response.HasField("prompt_feedback") and response.prompt_feedback.block_reason:
                     reason = response.prompt_feedback.BlockedReason.Name(
                         response.prompt_feedback.block_reason
                     )

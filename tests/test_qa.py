@@ -91,6 +91,40 @@ async def test_stream_arrives_incrementally(
     assert frames[-1][1] == "done"
 
 
+async def test_thoughts_are_never_answer_text_and_sources_become_citations(
+    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
+) -> None:
+    emulator.reset(Behaviour(chunks=4, thoughts=True, grounded=True))
+    response = await client.post(f"{gateway_url}/qa", json={"query": "Where from?"})
+    frames = parse_sse(response.content)
+    pieces = answer_chunks("Where from?", 4)
+    answer = "".join(pieces)
+    source = {"title": "Emulated source", "uri": "https://source.example/answer"}
+    assert [(kind, data) for _, kind, data in frames[1:-1]] == [
+        ("delta", {"text": pieces[0]}),
+        ("citation", {"start": 0, "end": len(pieces[0]), "sources": [source]}),
+        *[("delta", {"text": piece}) for piece in pieces[1:]],
+        ("citation", {"start": 0, "end": len(answer), "sources": [source]}),
+    ]
+    assert frames[-1][1:] == (
+        "done",
+        {
+            "finish_reason": "stop",
+            "usage": {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6},
+        },
+    )
+
+
+async def test_a_blocked_prompt_is_a_skipped_answer(
+    client: httpx.AsyncClient, gateway_url: str
+) -> None:
+    response = await client.post(f"{gateway_url}/qa", json={"query": "Tell me [skip] this"})
+    assert response.status_code == 200
+    assert [(kind, data) for _, kind, data in parse_sse(response.content)[1:]] == [
+        ("done", {"finish_reason": "skipped", "usage": None, "skip_reasons": ["safety"]})
+    ]
+
+
 async def test_unavailable_before_first_event_is_503(
     client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
 ) -> None:

@@ -9,14 +9,23 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.cloud.aiplatform_v1 import (
     Candidate,
+    Citation,
+    CitationMetadata,
     Content,
     GenerateContentRequest,
     GenerateContentResponse,
+    GroundingChunk,
+    GroundingMetadata,
+    GroundingSupport,
     Part,
+    Segment,
 )
 
 if TYPE_CHECKING:
-    from backends.emulator.server import Emulator
+    from backends.emulator.server import Behaviour, Emulator
+
+SOURCE = GroundingChunk.Web(title="Emulated source", uri="https://source.example/answer")
+"""What a ``grounded`` answer cites."""
 
 SERVICE = "google.cloud.aiplatform.v1.PredictionService"
 METHOD = "StreamGenerateContent"
@@ -57,22 +66,34 @@ def answer_chunks(query: str, chunks: int) -> list[str]:
     return pieces
 
 
-def _responses(request: GenerateContentRequest, chunks: int) -> list[GenerateContentResponse]:
+def _responses(request: GenerateContentRequest, knobs: Behaviour) -> list[GenerateContentResponse]:
     query = " ".join(part.text for content in request.contents for part in content.parts)
-    pieces = answer_chunks(query, chunks)
+    if knobs.skip_marker and knobs.skip_marker in query:
+        blocked = GenerateContentResponse.PromptFeedback.BlockedReason.SAFETY
+        return [GenerateContentResponse(prompt_feedback={"block_reason": blocked})]
+    pieces = answer_chunks(query, knobs.chunks)
     limit = request.generation_config.max_output_tokens
     finish: Any = Candidate.FinishReason.STOP
     if limit and limit < len(pieces):
         pieces, finish = pieces[:limit], Candidate.FinishReason.MAX_TOKENS
+    thought = [Part(text="Thinking it over.", thought=True)] if knobs.thoughts else []
     responses = [
         GenerateContentResponse(
-            candidates=[Candidate(content=Content(role="model", parts=[Part(text=piece)]))]
+            candidates=[Candidate(content=Content(role="model", parts=[*thought, Part(text=p)]))]
         )
-        for piece in pieces
+        for p in pieces
     ]
-    last = responses[-1]
-    last.candidates[0].finish_reason = finish
-    last.usage_metadata = GenerateContentResponse.UsageMetadata(
+    first, last = responses[0].candidates[0], responses[-1].candidates[0]
+    if knobs.grounded:
+        cited = Citation(end_index=len(pieces[0]), title=SOURCE.title, uri=SOURCE.uri)
+        first.citation_metadata = CitationMetadata(citations=[cited])
+        whole = Segment(end_index=len("".join(pieces).encode()))
+        last.grounding_metadata = GroundingMetadata(
+            grounding_chunks=[GroundingChunk(web=SOURCE)],
+            grounding_supports=[GroundingSupport(segment=whole, grounding_chunk_indices=[0])],
+        )
+    last.finish_reason = finish
+    responses[-1].usage_metadata = GenerateContentResponse.UsageMetadata(
         prompt_token_count=len(query.split()),
         candidates_token_count=len(pieces),
         total_token_count=len(query.split()) + len(pieces),
@@ -87,7 +108,7 @@ def handler(emulator: Emulator) -> grpc.GenericRpcHandler:
         request: GenerateContentRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[GenerateContentResponse]:
         call = emulator.record(METHOD, request)
-        responses = _responses(request, emulator.behaviour.chunks)
+        responses = _responses(request, emulator.behaviour)
         async for response in emulator.play(call, context, responses):
             yield response
 

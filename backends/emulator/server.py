@@ -40,7 +40,13 @@ class Behaviour:
     """Agent Builder: each response's ``answer_text`` is the whole answer so far, not the next
     sentence."""
     skip_marker: str = "[skip]"
-    """Agent Builder: a query containing this is skipped (fallback text and skipped reasons)."""
+    """A query containing this is skipped (Agent Builder: fallback text and skipped reasons)
+    or blocked (Gemini: ``prompt_feedback.block_reason`` SAFETY and no candidates)."""
+    thoughts: bool = False
+    """Gemini: every response leads with a thought part (which is never answer text)."""
+    grounded: bool = False
+    """Gemini: the first response cites a source (``citation_metadata``), the last grounds
+    the whole answer in one web source (``grounding_metadata``, offsets in UTF-8 bytes)."""
 
 
 @dataclass
