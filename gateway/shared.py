@@ -147,14 +147,33 @@ class Publisher:
         self.shared = shared
         self.key = key
         self.remote_followers = 0
+        """As of the last round trip."""
+        self._sends = 0
+        self._recount_after: int | None = None
         self._pending: list[bytes] = []
         self._ready = asyncio.Event()
         self._closing = False
+        self._failed = False
         self._meta_sent = False
         self._flight = flight
         flight.on_event = self._on_event
-        flight.keep_alive = lambda: self.remote_followers > 0
+        flight.keep_alive = self._followed_elsewhere
         self._task = asyncio.create_task(self._run())
+
+    def _followed_elsewhere(self) -> bool:
+        """Asked once the last local client has left. The follower count may predate a new
+        follower (before the first event it is never refreshed), so the call goes on for one
+        more round trip, which recounts and asks again."""
+        if self._failed:
+            return False  # Redis failed: nobody elsewhere can follow
+        if self._recount_after is None:
+            self._recount_after = self._sends
+            self._ready.set()
+            return True
+        if self._sends == self._recount_after:
+            return True  # the recount is on its way
+        self._recount_after = None
+        return self.remote_followers > 0
 
     def _on_event(self, event: Event) -> None:
         self._push(event.type, event_body(event))
@@ -190,10 +209,16 @@ class Publisher:
             self._ready.clear()
             batch, self._pending = self._pending, []
             if not await shared.breaker.call(partial(self._send, batch), False):
-                return  # Redis failed: followers time out and answer on their own
-            if self._closing and not self._pending:
+                self._failed = True  # followers time out and answer on their own
+                if not self._closing:
+                    self._flight.abandon_if_unfollowed()
                 return
-            self._flight.abandon_if_unfollowed()
+            self._sends += 1
+            if self._closing:
+                if not self._pending:
+                    return
+            else:
+                self._flight.abandon_if_unfollowed()
 
     async def _send(self, batch: list[bytes]) -> bool:
         shared, key = self.shared, self.key
