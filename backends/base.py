@@ -21,11 +21,22 @@ from typing import ClassVar, Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
+class Turn:
+    """An earlier message of a conversation: the user's, or the model's answer."""
+
+    role: Literal["user", "model"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class QARequest:
-    """One question. ``session_id`` continues a conversation where the backend has them."""
+    """One question. A conversation goes on either through ``history``, the turns before the
+    question, for backends that are sent the conversation (Gemini), or through
+    ``session_id`` where the backend keeps it (Agent Builder, which ignores ``history``)."""
 
     query: str
     session_id: str | None = None
+    history: tuple[Turn, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

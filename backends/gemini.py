@@ -114,6 +114,8 @@ class GeminiBackend:
         # The raw protobuf, then wrapped: proto-plus would marshal the question field by field.
         message = GenerateContentRequest.pb()()
         message.CopyFrom(self._template)
+        for turn in request.history:
+            message.contents.add(role=turn.role).parts.add(text=turn.text)
         message.contents.add(role="user").parts.add(text=request.query)
         grpc_request = GenerateContentRequest.wrap(message)
         call: Any = None

@@ -25,6 +25,7 @@ from gateway.trace import Trace
 from gateway.upstream import Answer, Ask
 
 M = TypeVar("M", bound=BaseModel)
+_REF = "#/components/schemas/{model}"
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _INTERRUPTIONS = {
     "idle_timeout": "the upstream sent nothing for too long",
@@ -64,11 +65,12 @@ class Started:
 
 
 def openapi(body: type[BaseModel], answer: str, media_types: Sequence[str]) -> dict[str, Any]:
-    """The OpenAPI of a route that reads ``body`` itself (the schema FastAPI cannot infer)."""
+    """The OpenAPI of a route that reads ``body`` itself (the schema FastAPI cannot infer);
+    the schemas it refers to are ``openapi_schemas(body)``."""
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": body.model_json_schema()}},
+            "content": {"application/json": {"schema": {"$ref": _REF.format(model=body.__name__)}}},
         },
         "responses": {
             "200": {
@@ -77,6 +79,12 @@ def openapi(body: type[BaseModel], answer: str, media_types: Sequence[str]) -> d
             }
         },
     }
+
+
+def openapi_schemas(body: type[BaseModel]) -> dict[str, Any]:
+    """``body``'s schema and every one it refers to, for the document's ``components``."""
+    schema = body.model_json_schema(ref_template=_REF)
+    return {**schema.pop("$defs", {}), body.__name__: schema}
 
 
 async def read_json(request: Request, limit: int) -> Any:

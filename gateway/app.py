@@ -47,9 +47,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     def openapi_with_answering_routes() -> dict[str, Any]:  # plain ASGI routes have none
         if app.openapi_schema is None:
-            paths = openapi()["paths"]
-            paths["/qa"] = qa.OPENAPI_PATH
-            paths["/v1/chat/completions"] = openai_api.OPENAPI_PATH
+            document = openapi()
+            document["paths"]["/qa"] = qa.OPENAPI_PATH
+            document["paths"]["/v1/chat/completions"] = openai_api.OPENAPI_PATH
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(qa.OPENAPI_SCHEMAS | openai_api.OPENAPI_SCHEMAS)
         return app.openapi_schema or {}
 
     app.openapi = openapi_with_answering_routes  # type: ignore[method-assign]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from backends.base import Backend, Done, Event, TransientError
+from backends.base import Backend, Done, Event, TransientError, Turn
 from gateway.flight import Flight
 from gateway.shared import Publisher, SharedFlights
 from gateway.stores import Store
@@ -63,10 +63,15 @@ def identity_of(backend: Backend) -> bytes:
     return orjson.dumps([backend.name, backend.cache_identity()], option=orjson.OPT_SORT_KEYS)
 
 
-def cache_key(prefix: str, identity: bytes, query: str, tenant: str) -> str:
+def cache_key(
+    prefix: str, identity: bytes, query: str, tenant: str, history: Sequence[Turn] = ()
+) -> str:
     """A versioned key over everything that changes the answer."""
     digest = hashlib.sha256(identity)
-    digest.update(orjson.dumps([" ".join(query.split()), tenant]))
+    asked: list[object] = [" ".join(query.split()), tenant]
+    if history:  # only then: keys of questions without one stay what they were
+        asked.append([[turn.role, turn.text] for turn in history])
+    digest.update(orjson.dumps(asked))
     return f"{prefix}v{SCHEMA}:{digest.hexdigest()}"
 
 
@@ -131,7 +136,8 @@ class Cached:
     async def open(self, ask: Ask) -> Answer:
         if not self.policy.cache or ask.request.session_id is not None:
             return await self.inner.open(ask)  # follow-up turns depend on the conversation
-        key = cache_key(self.settings.prefix, self.identity, ask.request.query, ask.tenant)
+        asked = ask.request
+        key = cache_key(self.settings.prefix, self.identity, asked.query, ask.tenant, asked.history)
         if ask.cache_read:
             events = await self._lookup(key)
             if events is not None:

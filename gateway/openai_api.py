@@ -4,15 +4,15 @@ the same path as ``/qa`` (cache, coalescing, retries, fallback).
 How the OpenAI shapes map onto the gateway:
 
 - ``model`` names a configured backend; ``GET /v1/models`` lists them.
-- The last ``user`` message is the query. Earlier turns and ``system`` messages are not sent:
-  a ``QARequest`` carries one query and a session id, and each backend has its own system
-  instruction. Sampling fields (``temperature``, ``max_tokens``, ...), ``user`` and other
+- The last ``user`` message is the query; the ``user`` and ``assistant`` messages before it
+  are the conversation so far (``QARequest.history``), which Gemini is sent with the query.
+  ``system`` (and tool) messages are not sent: each backend has its own system instruction.
+  Sampling fields (``temperature``, ``max_tokens``, ...), ``user`` and other
   fields OpenAI clients send are accepted and ignored; ``n`` other than 1 is refused.
-- A conversation continues only where the backend keeps sessions (Agent Builder): every
-  answer carries the extension field ``session_id``; send it back as the extension request
-  field ``session_id`` (``extra_body={"session_id": ...}`` in the openai SDK). ``user`` keeps
-  its OpenAI meaning, an end-user id, so it is not overloaded for this. Gemini keeps no
-  sessions: it answers the last user message alone, without the earlier turns.
+- Agent Builder keeps the conversation itself, in sessions, and is sent the query alone:
+  every answer carries the extension field ``session_id``; send it back as the extension
+  request field ``session_id`` (``extra_body={"session_id": ...}`` in the openai SDK).
+  ``user`` keeps its OpenAI meaning, an end-user id, so it is not overloaded for this.
 - Citations ride in the extension field ``citations``: ``[{"start", "end", "sources"}]``,
   ``start``/``end`` in characters of the answer text, as in ``/qa``. Streaming puts each on a
   chunk of its own (with an empty delta); a completion carries them all.
@@ -41,7 +41,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from backends.base import Citation, Delta, Done, PermanentError, QARequest, TransientError
+from backends.base import Citation, Delta, Done, PermanentError, QARequest, TransientError, Turn
 from gateway.answering import (
     Failure,
     Started,
@@ -49,6 +49,7 @@ from gateway.answering import (
     backend_named,
     check_query,
     openapi,
+    openapi_schemas,
     outcomes,
     read_json,
     validate,
@@ -64,6 +65,7 @@ router = APIRouter(prefix="/v1")
 _CONTENT_FILTER = ("safety", "recitation", "blocklist", "prohibited_content", "spii")
 _FINISH = {"max_tokens": "length"} | dict.fromkeys(_CONTENT_FILTER, "content_filter")
 _DONE = b"data: [DONE]\n\n"
+_ROLES: dict[str, Literal["user", "model"]] = {"user": "user", "assistant": "model"}
 
 
 class Part(BaseModel):
@@ -105,10 +107,10 @@ class ChatCompletions:
         request = Request(scope, receive)
         runtime: Runtime = request.app.state.runtime
         body = validate(ChatBody, await read_json(request, runtime.settings.max_body_bytes))
-        query = last_user_text(body.messages)
+        query, history = conversation(body.messages)
         check_query(runtime, query, "messages")
         backend = backend_named(runtime, body.model)
-        question = QARequest(query, body.session_id)
+        question = QARequest(query, body.session_id, history)
 
         async def respond(started: Started) -> Response:
             reply = Reply(
@@ -150,6 +152,7 @@ OPENAPI_PATH = {
     }
 }
 """``/v1/chat/completions`` in the OpenAPI document."""
+OPENAPI_SCHEMAS = openapi_schemas(ChatBody)
 
 
 @router.get("/models")
@@ -173,19 +176,26 @@ async def models(request: Request) -> dict[str, Any]:
     }
 
 
-def last_user_text(messages: list[Message]) -> str:
-    """The text of the last ``user`` message; 422 if there is none or it is not text."""
-    for message in reversed(messages):
-        if message.role != "user":
-            continue
-        if isinstance(message.content, list):
-            if any(part.type != "text" for part in message.content):
-                raise HTTPProblem(
-                    422, "invalid_request", "messages: only text content is supported"
-                )
-            return "".join(part.text for part in message.content)
+def conversation(messages: list[Message]) -> tuple[str, tuple[Turn, ...]]:
+    """The last ``user`` message's text, and the ``user`` and ``assistant`` turns before it
+    that have text; 422 if there is no user message or a turn is not text."""
+    turns = [
+        (role, _text(message))
+        for message in messages
+        if (role := _ROLES.get(message.role)) is not None
+    ]
+    last = max((i for i, (role, _) in enumerate(turns) if role == "user"), default=None)
+    if last is None:
+        raise HTTPProblem(422, "invalid_request", "messages: there is no user message")
+    return turns[last][1], tuple(Turn(role, text) for role, text in turns[:last] if text)
+
+
+def _text(message: Message) -> str:
+    if not isinstance(message.content, list):
         return message.content or ""
-    raise HTTPProblem(422, "invalid_request", "messages: there is no user message")
+    if any(part.type != "text" for part in message.content):
+        raise HTTPProblem(422, "invalid_request", "messages: only text content is supported")
+    return "".join(part.text for part in message.content)
 
 
 def finish_reason(reason: str) -> str:

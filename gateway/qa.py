@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from backends.base import QARequest
+from backends.base import QARequest, Turn
 from gateway.answering import (
     Failure,
     Started,
@@ -19,6 +20,7 @@ from gateway.answering import (
     backend_named,
     check_query,
     openapi,
+    openapi_schemas,
     outcomes,
     read_json,
     validate,
@@ -31,6 +33,15 @@ from gateway.wire import Wire, choose_wire, error_body, event_body
 router = APIRouter()
 
 
+class HistoryTurn(BaseModel):
+    """An earlier turn of the conversation."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["user", "model"]
+    text: str = Field(min_length=1)
+
+
 class QABody(BaseModel):
     """The JSON body of ``POST /qa``."""
 
@@ -39,7 +50,15 @@ class QABody(BaseModel):
     query: str = Field(description="The question.")
     backend: str | None = Field(None, description="A configured backend; the default if unset.")
     session_id: str | None = Field(
-        None, min_length=1, max_length=256, description="Continue this conversation."
+        None,
+        min_length=1,
+        max_length=256,
+        description="Continue this conversation (backends that keep sessions: Agent Builder).",
+    )
+    history: list[HistoryTurn] = Field(
+        default_factory=list,
+        description="The conversation so far, oldest first, for backends that are sent it "
+        "(Gemini); Agent Builder keeps its own through `session_id`.",
     )
 
 
@@ -61,7 +80,8 @@ class QAEndpoint:
         body = validate(QABody, await read_json(request, runtime.settings.max_body_bytes))
         check_query(runtime, body.query)
         backend = backend_named(runtime, body.backend)
-        question = QARequest(body.query, body.session_id)
+        history = tuple(Turn(turn.role, turn.text) for turn in body.history)
+        question = QARequest(body.query, body.session_id, history)
 
         async def respond(started: Started) -> Response:
             return EventStream(
@@ -98,6 +118,7 @@ OPENAPI_PATH = {
     }
 }
 """``/qa`` in the OpenAPI document (a plain ASGI route has none of its own)."""
+OPENAPI_SCHEMAS = openapi_schemas(QABody)
 
 
 async def _frames(started: Started, runtime: Runtime, wire: Wire) -> AsyncIterator[bytes]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -20,6 +22,10 @@ from backends.emulator import Emulator
         (b'{"query": "hi", "colour": "blue"}', 422, "invalid_request"),
         (b'{"question": "hi"}', 422, "invalid_request"),
         (b'{"query": "hi", "session_id": 7}', 422, "invalid_request"),
+        (b'{"query": "hi", "history": [{"role": "system", "text": "x"}]}', 422, "invalid_request"),
+        (b'{"query": "hi", "history": [{"role": "user", "text": ""}]}', 422, "invalid_request"),
+        (b'{"query": "hi", "history": [{"role": "user"}]}', 422, "invalid_request"),
+        (b'{"query": "hi", "history": {"role": "user", "text": "x"}}', 422, "invalid_request"),
         (b'{"query": "%s"}' % (b"x" * (32 * 1024 + 1)), 413, "query_too_long"),
         (b'{"query": "hi", "pad": "%s"}' % (b"x" * (1024 * 1024)), 413, "payload_too_large"),
         (b'{"query": "hi", "backend": "nope"}', 404, "unknown_backend"),
@@ -87,7 +93,32 @@ async def test_health_ready_and_docs(client: httpx.AsyncClient, gateway_url: str
     assert (await client.get(f"{gateway_url}/readyz")).json() == {"status": "ready"}
     assert (await client.get(f"{gateway_url}/docs")).status_code == 200
     spec = (await client.get(f"{gateway_url}/openapi.json")).json()
-    schema = spec["paths"]["/qa"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert set(schema["properties"]) == {"query", "backend", "session_id"}
-    chat = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
-    assert {"model", "messages", "stream"} <= set(chat["application/json"]["schema"]["properties"])
+
+    def schema(path: str) -> Any:
+        content = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        return resolve(spec, content["schema"])
+
+    assert set(schema("/qa")["properties"]) == {"query", "backend", "session_id", "history"}
+    assert {"model", "messages", "stream"} <= set(schema("/v1/chat/completions")["properties"])
+    unresolved = [ref for ref in refs(spec) if not resolve(spec, {"$ref": ref})]
+    assert unresolved == []
+
+
+def resolve(spec: Any, schema: Any) -> Any:
+    """The schema a ``$ref`` names in ``spec`` (None if it names nothing)."""
+    if "$ref" not in schema:
+        return schema
+    found = spec
+    for key in schema["$ref"].removeprefix("#/").split("/"):
+        found = found.get(key) if isinstance(found, dict) else None
+    return found
+
+
+def refs(node: Any) -> list[str]:
+    """Every ``$ref`` in the document."""
+    if isinstance(node, dict):
+        own = [node["$ref"]] if "$ref" in node else []
+        return own + [r for v in node.values() for r in refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in refs(v)]
+    return []

@@ -11,6 +11,7 @@ import orjson
 import pytest
 import redis
 
+from backends.base import Turn
 from backends.emulator import Behaviour, Emulator
 from backends.gemini import GeminiConfig
 from gateway.cache import cache_key, identity_of
@@ -99,9 +100,11 @@ async def test_truncated_answers_are_not_stored(
 
 
 def test_keys_differ_by_everything_that_changes_the_answer() -> None:
-    def key(query: str = "q", tenant: str = "t", **config: Any) -> str:
+    def key(
+        query: str = "q", tenant: str = "t", history: tuple[Turn, ...] = (), **config: Any
+    ) -> str:
         backend = GeminiConfig(type="gemini", **config).build("gemini")
-        return cache_key("p:", identity_of(backend), query, tenant)
+        return cache_key("p:", identity_of(backend), query, tenant, history)
 
     base = key()
     assert key("  q ") == base
@@ -115,9 +118,11 @@ def test_keys_differ_by_everything_that_changes_the_answer() -> None:
                 key(system_instruction="Be terse."),
                 key(tenant="other"),
                 key("Q"),
+                key(history=(Turn("user", "q"),)),
+                key(history=(Turn("model", "q"),)),
             }
         )
-        == 7
+        == 9
     )
     assert key(deadline_s=5) == base  # not part of the answer
 
@@ -135,6 +140,24 @@ async def test_tenants_and_models_never_share_answers(
             assert response.headers["x-cache"] == "MISS"
     assert len(emulator.calls) == 3
     assert len(answer_keys(prefix)) == 3
+
+
+async def test_a_question_is_cached_with_its_conversation(
+    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+) -> None:
+    earlier = [{"role": "user", "text": "Which clouds?"}, {"role": "model", "text": "Vertex."}]
+    asked = [
+        QUERY,
+        QUERY | {"history": earlier},
+        QUERY | {"history": earlier[:1]},
+        QUERY | {"history": earlier},
+        QUERY,
+    ]
+    async with gateway(cached(emulator, prefix)) as url:
+        responses = [await client.post(f"{url}/qa", json=body) for body in asked]
+    assert [r.headers["x-cache"] for r in responses] == ["MISS", "MISS", "MISS", "HIT", "HIT"]
+    assert len(emulator.calls) == len(answer_keys(prefix)) == 3
+    assert responses[3].content.split(b"\n\n")[1:] == responses[1].content.split(b"\n\n")[1:]
 
 
 async def test_garbage_entry_is_a_miss_then_overwritten(

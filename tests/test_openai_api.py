@@ -133,7 +133,7 @@ async def test_session_id_round_trips_through_extra_body(
     assert ends[-1] == session_id
 
 
-async def test_the_last_user_message_is_the_query(
+async def test_the_last_user_message_is_the_query_after_the_conversation(
     client: openai.AsyncOpenAI, emulator: Emulator
 ) -> None:
     messages: Any = [
@@ -147,10 +147,15 @@ async def test_the_last_user_message_is_the_query(
     )
 
     [call] = emulator.calls
-    assert [p.text for c in call.request.contents for p in c.parts] == [QUERY]
+    assert [(c.role, [p.text for p in c.parts]) for c in call.request.contents] == [
+        ("user", ["An earlier question"]),
+        ("model", ["An earlier answer"]),
+        ("user", [QUERY]),
+    ]  # the system message is not sent: the backend's own instruction stands
     # Sampling fields are ignored: the backend's own configuration decides.
     assert call.request.generation_config.max_output_tokens == 0
-    assert completion.choices[0].message.content == "".join(ANSWERS["gemini"])
+    answer = answer_chunks(f"An earlier question An earlier answer {QUERY}", 8)
+    assert completion.choices[0].message.content == "".join(answer)
 
 
 async def test_failure_midstream_raises_api_error(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from backends.base import Done, Usage
+from backends.base import Done, Turn, Usage
 from gateway.errors import HTTPProblem
-from gateway.openai_api import Message, Part, done_extensions, finish_reason, last_user_text
+from gateway.openai_api import Message, Part, conversation, done_extensions, finish_reason
 
 
 @pytest.mark.parametrize(
@@ -25,26 +25,44 @@ def test_finish_reason(reason: str, expected: str) -> None:
     assert finish_reason(reason) == expected
 
 
-def test_the_last_user_message_is_the_query() -> None:
+def test_the_last_user_message_is_the_query_and_the_turns_before_it_the_history() -> None:
     messages = [
         Message(role="system", content="Be terse."),
         Message(role="user", content="first"),
+        Message(role="assistant", content=None),  # a tool call: no text
+        Message(role="tool", content="42"),
         Message(role="assistant", content="an answer"),
         Message(
             role="user", content=[Part(type="text", text="sec"), Part(type="text", text="ond")]
         ),
-        Message(role="assistant", content=None),
+        Message(role="assistant", content="a prefill after the question"),
     ]
-    assert last_user_text(messages) == "second"
+    assert conversation(messages) == (
+        "second",
+        (Turn("user", "first"), Turn("model", "an answer")),
+    )
 
 
 def test_a_message_without_content_is_empty() -> None:
-    assert last_user_text([Message(role="user")]) == ""
+    assert conversation([Message(role="user")]) == ("", ())
 
 
-def test_no_user_message_is_refused() -> None:
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [Message(role="system", content="hi")],
+        [Message(role="assistant", content="hi")],
+    ],
+)
+def test_no_user_message_is_refused(messages: list[Message]) -> None:
     with pytest.raises(HTTPProblem, match="there is no user message"):
-        last_user_text([Message(role="system", content="hi")])
+        conversation(messages)
+
+
+def test_only_text_turns_can_be_sent() -> None:
+    image = Message(role="user", content=[Part(type="image_url")])
+    with pytest.raises(HTTPProblem, match="only text content"):
+        conversation([image, Message(role="user", content="and this?")])
 
 
 def test_done_extensions_leave_out_what_openai_fields_carry() -> None:

@@ -125,6 +125,25 @@ async def test_a_blocked_prompt_is_a_skipped_answer(
     ]
 
 
+async def test_the_conversation_so_far_goes_to_gemini_with_the_question(
+    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
+) -> None:
+    history = [
+        {"role": "user", "text": "Which clouds stream?"},
+        {"role": "model", "text": "Vertex streams."},
+    ]
+    body = {"query": "How fast?", "history": history}
+    response = await client.post(f"{gateway_url}/qa", json=body)
+    [call] = emulator.calls
+    assert [(c.role, [p.text for p in c.parts]) for c in call.request.contents] == [
+        ("user", ["Which clouds stream?"]),
+        ("model", ["Vertex streams."]),
+        ("user", ["How fast?"]),
+    ]
+    answer = answer_chunks("Which clouds stream? Vertex streams. How fast?", 8)
+    assert text_of(parse_sse(response.content)) == "".join(answer)
+
+
 async def test_unavailable_before_first_event_is_503(
     client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
 ) -> None:
