@@ -138,7 +138,7 @@ async def test_a_session_continues(page: Page, emulator: Emulator) -> None:
     await expect(first).to_have_attribute("data-state", "done")
     [call] = emulator.calls
     assert call.session is not None
-    await expect(page.locator("#session")).to_have_text(call.session.rsplit("/", 1)[1])
+    await expect(page.locator("#continuing code")).to_have_text(call.session.rsplit("/", 1)[1])
 
     second = await ask(page, "And what else?")
     await expect(second).to_have_attribute("data-state", "done")
@@ -151,6 +151,25 @@ async def test_a_session_continues(page: Page, emulator: Emulator) -> None:
     third = await ask(page, "A new topic")
     await expect(third).to_have_attribute("data-state", "done")
     assert emulator.calls[2].turn == 1
+
+
+async def test_a_gemini_conversation_continues_with_its_history(
+    page: Page, emulator: Emulator
+) -> None:
+    first = await ask(page, QUERY, backend="gemini")
+    await expect(first).to_have_attribute("data-state", "done")
+    await expect(page.locator("#continuing")).to_have_text("Continuing the conversation (2 turns)")
+
+    second = await ask(page, "And what else?")
+    await expect(second).to_have_attribute("data-state", "done")
+    sent = [(c.role, c.parts[0].text) for c in emulator.calls[1].request.contents]
+    answer = "".join(answer_chunks(QUERY, 8))
+    assert sent == [("user", QUERY), ("model", answer), ("user", "And what else?")]
+
+    await page.click("#new-session")
+    third = await ask(page, "A new topic")
+    await expect(third).to_have_attribute("data-state", "done")
+    assert len(emulator.calls[2].request.contents) == 1
 
 
 async def test_upstream_failure_is_shown(page: Page, emulator: Emulator) -> None:
@@ -180,10 +199,10 @@ async def test_cache_hits_are_marked(browser: Browser, emulator: Emulator) -> No
     async with gateway(settings) as base, opened(browser, base) as page:
         first = await ask(page, QUERY)
         await expect(first).to_have_attribute("data-state", "done")
+        await expect(first.locator(".cached")).to_have_count(0)
+        await page.reload()  # a new conversation: the same question, asked afresh
         second = await ask(page, QUERY)
         await expect(second).to_have_attribute("data-state", "done")
-
-        await expect(first.locator(".cached")).to_have_count(0)
         await expect(second.locator(".cached")).to_be_visible()
         await expect(second.locator(".answer")).to_have_text("".join(answer_chunks(QUERY, 8)))
     assert len(emulator.calls) == 1
