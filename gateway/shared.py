@@ -91,13 +91,16 @@ class SharedFlights:
                 return None  # nobody is answering after all: answer it here
             raise
         assert backend is not None and first is not None
-        return Answer(backend, first, self._rest(key, batch, batches))
+        rest = None if first.type == "done" else batch  # an answer can be its ``done`` alone
+        return Answer(backend, first, self._rest(key, rest, batches))
 
     async def _rest(
-        self, key: str, ready: list[Entry], batches: AsyncGenerator[list[Entry], None]
+        self, key: str, ready: list[Entry] | None, batches: AsyncGenerator[list[Entry], None]
     ) -> AsyncGenerator[Sequence[Event], None]:
+        """The events after the first: ``ready`` (those read with it), then the stream's,
+        up to ``done``; nothing at all if ``ready`` is None."""
         try:
-            while True:
+            while ready is not None:
                 events = [_event(kind, body) for kind, body in ready]
                 if events:
                     yield events

@@ -309,6 +309,28 @@ async def test_a_call_followed_from_another_instance_outlives_its_first_asker(
     assert call.completed and not call.cancelled
 
 
+async def test_an_answer_that_is_only_done_reaches_followers_elsewhere(
+    emulator: Emulator, prefix: str
+) -> None:
+    """A blocked prompt's answer is one ``done`` event: the instance following it through
+    Redis ends with that ``done`` too."""
+    emulator.reset(Behaviour(first_delay_ms=400))
+    blocked = {"query": "Tell me [skip] now"}
+    async with (
+        gateway(cached(emulator, prefix)) as first_url,
+        gateway(cached(emulator, prefix)) as second_url,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        first = asyncio.create_task(client.post(f"{first_url}/qa", json=blocked))
+        assert await wait_for(lambda: len(emulator.calls) == 1)
+        second = await client.post(f"{second_url}/qa", json=blocked)
+        answers = [await first, second]
+    for answer in answers:
+        assert [kind for _, kind, _ in parse_sse(answer.content)] == ["meta", "done"]
+        assert parse_sse(answer.content)[-1][2]["finish_reason"] == "skipped"
+    assert len(emulator.calls) == 1
+
+
 async def test_an_answer_abandoned_elsewhere_is_never_followed(
     client: httpx.AsyncClient, emulator: Emulator, prefix: str
 ) -> None:
