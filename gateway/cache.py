@@ -136,8 +136,10 @@ class Cached:
     async def open(self, ask: Ask) -> Answer:
         if not self.policy.cache or ask.request.session_id is not None:
             return await self.inner.open(ask)  # follow-up turns depend on the conversation
-        asked = ask.request
-        key = cache_key(self.settings.prefix, self.identity, asked.query, ask.tenant, asked.history)
+        question = ask.request
+        key = cache_key(
+            self.settings.prefix, self.identity, question.query, ask.tenant, question.history
+        )
         if ask.cache_read:
             events = await self._lookup(key)
             if events is not None:
