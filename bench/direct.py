@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 from google.cloud.aiplatform_v1 import GenerateContentRequest, GenerateContentResponse
 
+from backends.base import BackendError, QARequest
+from backends.gemini import GeminiConfig
 from bench.http import Exchange
 
 METHOD = "/google.cloud.aiplatform.v1.PredictionService/StreamGenerateContent"
@@ -55,3 +57,29 @@ class Direct:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+class ThroughSdk:
+    """The gateway's Gemini backend alone (``GeminiBackend.stream``, on the SDK's async
+    client), in the bench process and without HTTP: what the SDK costs above ``Direct``, and
+    the floor under the gateway's own CPU. ``frames`` counts events (the answer's, ``done``)."""
+
+    def __init__(self, address: str) -> None:
+        config = GeminiConfig(type="gemini", endpoint=address, insecure=True)
+        self.backend = config.build("sdk")
+
+    async def ask(self, query: str) -> Exchange:
+        exchange = Exchange(time.monotonic(), None)
+        try:
+            async for _ in self.backend.stream(QARequest(query)):
+                exchange.frames += 1
+                if exchange.frames == 1:
+                    exchange.first = time.monotonic()
+            exchange.status = 200
+        except BackendError as exc:
+            exchange.error = f"{exc.code}: {exc.message}"
+        exchange.last = time.monotonic()
+        return exchange
+
+    async def close(self) -> None:
+        await self.backend.aclose()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bench.direct import Direct
+from bench.direct import Direct, ThroughSdk
 from bench.http import Connection, Exchange, qa_request
 from bench.procs import cpu_s, machine_busy_s
 from bench.stats import Round, summarise
@@ -76,6 +76,13 @@ def direct_target(direct: Direct) -> Target:
         return await direct.ask(fresh_query("direct"))
 
     return Target("direct", send, 0)
+
+
+def sdk_target(sdk: ThroughSdk) -> Target:
+    async def send(number: int, worker: int) -> Exchange:
+        return await sdk.ask(fresh_query("sdk"))
+
+    return Target("sdk", send, 1)
 
 
 def gateway_target(pool: Pool, *, repeat: str | None = None, name: str = "gateway") -> Target:

@@ -129,6 +129,9 @@ def _cpu(rounds: list[Round]) -> list[str]:
     return [
         "## CPU time per answer, ms (process CPU / answers; medians of rounds)",
         "",
+        "For `direct` and `sdk` the bench column is the client itself: a raw gRPC channel, "
+        "and the gateway's Gemini backend on the SDK without HTTP.",
+        "",
         *_table(["conc.", "path", "gateway", "emulator", "bench (load generator)"], rows),
         "",
     ]

@@ -9,9 +9,17 @@ import asyncio
 import os
 from dataclasses import dataclass, field
 
-from bench.direct import Direct
+from bench.direct import Direct, ThroughSdk
 from bench.http import Connection, qa_request
-from bench.load import Pool, Target, direct_target, fresh_query, gateway_target, measure
+from bench.load import (
+    Pool,
+    Target,
+    direct_target,
+    fresh_query,
+    gateway_target,
+    measure,
+    sdk_target,
+)
 from bench.procs import Child, EmulatorProcess, cpu_s, maps_mention, rss_kb
 from bench.stats import Round
 
@@ -50,6 +58,7 @@ class Bench:
     gateway: Child
     pool: Pool
     direct: Direct
+    sdk: ThroughSdk
     sizes: Sizes
     watch: dict[str, int] = field(default_factory=dict)
 
@@ -87,14 +96,19 @@ async def cache_probe(bench: Bench) -> str | None:
 
 async def warm_up(bench: Bench) -> None:
     await bench.pool.grow(32)
-    for target in (direct_target(bench.direct), gateway_target(bench.pool)):
+    for target in (direct_target(bench.direct), sdk_target(bench.sdk), gateway_target(bench.pool)):
         await measure(target, 100, 1, bench.watch)
         await measure(target, 200, 32, bench.watch)
 
 
 async def interleaved(bench: Bench, hit_query: str | None) -> list[Round]:
-    """``rounds`` times: direct, gateway miss, gateway hit; at concurrency 1, then 32."""
-    targets: list[Target] = [direct_target(bench.direct), gateway_target(bench.pool)]
+    """``rounds`` times: direct, SDK alone, gateway miss, gateway hit; at concurrency 1,
+    then 32."""
+    targets: list[Target] = [
+        direct_target(bench.direct),
+        sdk_target(bench.sdk),
+        gateway_target(bench.pool),
+    ]
     if hit_query is not None:
         targets.append(gateway_target(bench.pool, repeat=hit_query, name="gateway-hit"))
     sizes = bench.sizes
