@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -46,6 +47,20 @@ def cached(emulator: Emulator, prefix: str, url: str = SHARED_URL, **extra: Any)
         | extra.pop("cache", {}),
         **extra,
     )
+
+
+@asynccontextmanager
+async def two_instances(
+    emulator: Emulator, prefix: str
+) -> AsyncIterator[tuple[str, str, httpx.AsyncClient]]:
+    """Two gateways sharing one Redis prefix (two instances), and a client."""
+    settings = cached(emulator, prefix)
+    async with (
+        gateway(settings) as first,
+        gateway(settings) as second,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        yield first, second, client
 
 
 def answer_keys(prefix: str, url: str = SHARED_URL) -> dict[bytes, int]:
@@ -287,12 +302,7 @@ async def test_a_call_followed_from_another_instance_outlives_its_first_asker(
     """The asker on the first instance hangs up before the first event while one on the
     second instance follows that flight through Redis: the call goes on for the second."""
     emulator.reset(Behaviour(chunks=8, delay_ms=10, first_delay_ms=600))
-    settings = cached(emulator, prefix)
-    async with (
-        gateway(settings) as first_url,
-        gateway(settings) as second_url,
-        httpx.AsyncClient(timeout=30) as client,
-    ):
+    async with two_instances(emulator, prefix) as (first_url, second_url, client):
         first = asyncio.create_task(client.post(f"{first_url}/qa", json=QUERY))
         assert await wait_for(lambda: len(emulator.calls) == 1)
         second = asyncio.create_task(client.post(f"{second_url}/qa", json=QUERY))
@@ -316,11 +326,7 @@ async def test_an_answer_that_is_only_done_reaches_followers_elsewhere(
     Redis ends with that ``done`` too."""
     emulator.reset(Behaviour(first_delay_ms=400))
     blocked = {"query": "Tell me [skip] now"}
-    async with (
-        gateway(cached(emulator, prefix)) as first_url,
-        gateway(cached(emulator, prefix)) as second_url,
-        httpx.AsyncClient(timeout=30) as client,
-    ):
+    async with two_instances(emulator, prefix) as (first_url, second_url, client):
         first = asyncio.create_task(client.post(f"{first_url}/qa", json=blocked))
         assert await wait_for(lambda: len(emulator.calls) == 1)
         second = await client.post(f"{second_url}/qa", json=blocked)
