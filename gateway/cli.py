@@ -75,11 +75,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from gateway.ask import AskError, ask
+    from gateway.client import ClientError, print_answer
 
     try:
-        ask(args.url, args.query, args.backend, args.session, sys.stdout)
-    except AskError as exc:
+        print_answer(args.url, args.query, args.backend, args.session, sys.stdout)
+    except ClientError as exc:
         print(f"qa-gateway: {exc}", file=sys.stderr)
         return 1
     return 0

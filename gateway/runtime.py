@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -13,14 +14,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from backends.base import Backend
 from backends.emulator import Behaviour, Emulator
-from gateway.cache import Cached
-from gateway.guard import Guards
-from gateway.observe import Metrics
-from gateway.retry import Fallback, RetryBudget, Retrying
 from gateway.settings import Settings
-from gateway.shared import SharedFlights
-from gateway.stores import Breaker, MemoryStore, RedisStore, Store
-from gateway.upstream import Direct, Upstream
+from gateway.upstream.base import Direct, Upstream
+from gateway.upstream.budget import RetryBudget
+from gateway.upstream.cache import Cached
+from gateway.upstream.fallback import Fallback
+from gateway.upstream.retry import Retrying
+from gateway.upstream.shared import SharedFlights
+from gateway.upstream.stores import Breaker, MemoryStore, RedisStore, Store
 
 BLOCK_MS = 500
 """How long one blocking read of a shared flight waits in Redis."""
@@ -28,18 +29,33 @@ BLOCK_MS = 500
 
 @dataclass
 class Runtime:
-    """The backends, each wrapped in the gateway's policies, and the embedded emulator."""
+    """The backends, and each wrapped in the gateway's policies (what the routes ask)."""
 
     settings: Settings
     backends: dict[str, Backend]
     upstreams: dict[str, Upstream]
-    guards: Guards
-    store: Store
-    emulator: Emulator | None = None
+
+    def catalog(self) -> list[dict[str, Any]]:
+        """Name, type, model and whether it is emulated, for each backend in config order.
+
+        Endpoints, projects and credentials stay out: they say where and as whom the gateway
+        calls Google, which no client needs.
+        """
+        return [
+            {
+                "name": name,
+                "type": self.settings.backends[name].type,
+                "model": backend.model,
+                "emulated": backend.emulated,
+            }
+            for name, backend in self.backends.items()
+        ]
 
 
 @asynccontextmanager
-async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Runtime]:
+async def running(
+    settings: Settings, on_redis_error: Callable[[], object] = lambda: None
+) -> AsyncIterator[Runtime]:
     """Start the embedded emulator if configured, build the backends, close all on exit."""
     async with AsyncExitStack() as stack:
         emulator = None
@@ -55,24 +71,26 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[Runtime
             stack.push_async_callback(emulator.stop)
         backends: dict[str, Backend] = {}
         for name, entry in settings.backends.items():
-            if entry.emulator and emulator is not None:
-                entry = entry.model_copy(update={"endpoint": emulator.address, "insecure": True})
-            backends[name] = backend = entry.build(name)
+            config = entry.backend_config()
+            if config.emulator and emulator is not None:
+                config = config.model_copy(update={"endpoint": emulator.address, "insecure": True})
+            backends[name] = backend = config.build(name)
             stack.push_async_callback(backend.aclose)
-        store, shared = _cache(settings, metrics)
+        store, shared = _cache(settings, on_redis_error)
         stack.push_async_callback(store.aclose)
         if shared is not None:
             stack.push_async_callback(shared.reader.aclose)
-        upstreams = _upstreams(settings, backends, store, shared)
-        yield Runtime(settings, backends, upstreams, Guards(), store, emulator)
+        yield Runtime(settings, backends, _upstreams(settings, backends, store, shared))
 
 
-def _cache(settings: Settings, metrics: Metrics) -> tuple[Store, SharedFlights | None]:
+def _cache(
+    settings: Settings, on_redis_error: Callable[[], object]
+) -> tuple[Store, SharedFlights | None]:
     """Redis (store and shared flights) when ``redis_url`` is set, else an in-memory store."""
     knobs = settings.cache
     if settings.redis_url is None:
         return MemoryStore(knobs.memory_max_entries, knobs.memory_max_bytes), None
-    breaker = Breaker(knobs.breaker_s, on_failure=metrics.redis_errors.inc)
+    breaker = Breaker(knobs.breaker_s, on_failure=on_redis_error)
 
     def connect(read_timeout_s: float) -> Redis:
         return Redis.from_url(
@@ -113,14 +131,8 @@ def _upstreams(
         upstream: Upstream = retrying[name]
         if entry.fallback:
             upstream = Fallback([upstream, *(retrying[other] for other in entry.fallback)])
+        answerers = [backend, *(backends[other] for other in entry.fallback)]
         upstreams[name] = Cached(
-            upstream,
-            backend,
-            entry,
-            settings.cache,
-            store,
-            shared,
-            backends.__getitem__,
-            entry.retry.first_event_s,
+            upstream, answerers, entry, settings.cache, store, shared, entry.retry.first_event_s
         )
     return upstreams

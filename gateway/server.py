@@ -8,8 +8,8 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from gateway.observe import LOG_CONFIG
-from gateway.runtime import Runtime
+from gateway.http.guard import Guards
+from gateway.http.observe import LOG_CONFIG
 
 
 class GatewayServer(uvicorn.Server):
@@ -32,7 +32,6 @@ class GatewayServer(uvicorn.Server):
         self.grace_s = grace_s
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        runtime: Runtime | None = getattr(self.app.state, "runtime", None)
-        if runtime is not None:
-            runtime.guards.drain(self.grace_s)
+        guards: Guards = self.app.state.guards
+        guards.drain(self.grace_s)
         super().handle_exit(sig, frame)

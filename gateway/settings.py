@@ -10,23 +10,27 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from backends.agent_builder import AgentBuilderConfig
 from backends.gemini import GeminiConfig
-from gateway.cache import BackendCachePolicy, CacheSettings
-from gateway.retry import RetryPolicy
+from gateway.upstream.policies import BackendCachePolicy, CacheSettings, RetryPolicy
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
+
+
+BackendConfig = GeminiConfig | AgentBuilderConfig
+"""A backend's own config, which is all it is given."""
 
 
 class Policies(BackendCachePolicy):
     """What the gateway does around any backend (the backend itself never sees these)."""
 
     model_config = ConfigDict(extra="forbid")
+    config_class: ClassVar[type[BackendConfig]]
 
     retry: RetryPolicy = RetryPolicy()
     idle_s: float = Field(60.0, gt=0)
@@ -34,13 +38,22 @@ class Policies(BackendCachePolicy):
     fallback: list[str] = Field(default_factory=list)
     """Backends that answer, in order, when this one fails transiently before starting."""
 
+    def backend_config(self) -> BackendConfig:
+        """This entry without the gateway's policies: what the backend is built from."""
+        own = self.model_dump(include=set(self.config_class.model_fields))
+        return self.config_class.model_validate(own)
+
 
 class GeminiEntry(GeminiConfig, Policies):
-    pass
+    """``[backends.NAME]`` of ``type = "gemini"``: its config and the policies around it."""
+
+    config_class = GeminiConfig
 
 
 class AgentBuilderEntry(AgentBuilderConfig, Policies):
-    pass
+    """``[backends.NAME]`` of ``type = "agent_builder"``."""
+
+    config_class = AgentBuilderConfig
 
 
 BackendEntry = Annotated[GeminiEntry | AgentBuilderEntry, Field(discriminator="type")]

@@ -15,8 +15,8 @@ import redis
 from backends.base import Turn
 from backends.emulator import Behaviour, Emulator
 from backends.gemini import GeminiConfig
-from gateway.cache import cache_key, identity_of
 from gateway.settings import Settings
+from gateway.upstream.entries import cache_key, identity_of
 from tests.redis_support import SHARED_URL, RedisServer, delete_prefix, keys_under, new_prefix
 from tests.support import FAST_RETRY, gateway, parse_sse, settings_for, text_of, wait_for
 

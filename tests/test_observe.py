@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from backends.emulator import Behaviour, Emulator
-from gateway.observe import JSONFormatter
+from gateway.http.observe import JSONFormatter
 from tests.support import FAST_RETRY, gateway, settings_for
 
 SECRET = "my very private question"

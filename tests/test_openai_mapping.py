@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from backends.base import Done, Turn, Usage
-from gateway.errors import HTTPProblem
-from gateway.openai_api import Message, Part, conversation, done_extensions, finish_reason
+from gateway.formats.openai import done_extensions, finish_reason
+from gateway.http.errors import HTTPProblem
+from gateway.http.openai import Message, Part, conversation
 
 
 @pytest.mark.parametrize(

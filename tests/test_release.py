@@ -7,7 +7,7 @@ import pytest
 from backends.base import QARequest
 from backends.emulator import Behaviour, Emulator
 from gateway.app import create_app
-from gateway.upstream import Ask
+from gateway.upstream.base import Ask
 from tests.support import serve, settings_for, wait_for
 
 

@@ -225,7 +225,7 @@ async def test_two_hundred_disconnects_leave_nothing_behind(emulator: Emulator) 
         assert await wait_for(lambda: sum(c.cancelled for c in emulator.calls) == 200, 30)
         assert not any(call.completed for call in emulator.calls)
         assert await wait_for(lambda: len(asyncio.all_tasks()) <= baseline, 30)
-        assert app.state.runtime.guards.active == set()
+        assert app.state.guards.active == set()
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,9 @@ from unittest.mock import Mock
 from tenacity import RetryCallState
 
 from backends.base import TransientError
-from gateway.retry import RetryBudget, Retrying, RetryPolicy
+from gateway.upstream.budget import RetryBudget
+from gateway.upstream.policies import RetryPolicy
+from gateway.upstream.retry import Retrying
 
 
 def state_after(attempt: int, error: Exception) -> RetryCallState:

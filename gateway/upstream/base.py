@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from backends.base import Backend, Event, QARequest, TransientError
-from gateway.trace import Trace
+from gateway.upstream.trace import Trace
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,61 @@
-"""Interrupting a stream in progress: when the upstream goes quiet, or when the server stops.
+"""Guarding a stream in progress: when the upstream fails, goes quiet, or the server stops.
 
-One timer per stream, not one per event: ``StreamGuard`` re-arms itself lazily, so the
-per-event cost is setting a float. An interrupted stream ends with a terminal ``error``
-event naming the ``reason`` instead of a cut connection.
+``guarded`` turns a started answer into its outcomes, which always end in one terminal
+``done`` or ``Failure``. One timer per stream, not one per event: ``StreamGuard`` re-arms
+itself lazily, so the per-event cost is setting a float. An interrupted stream ends with a
+terminal ``error`` event naming the ``reason`` instead of a cut connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import AsyncGenerator, Sequence
+
+from backends.base import BackendError
+from gateway.formats import Failure, Outcome
+from gateway.upstream.base import Answer
+from gateway.upstream.trace import Trace
+
+_INTERRUPTIONS = {
+    "idle_timeout": "the upstream sent nothing for too long",
+    "shutting_down": "the gateway is shutting down; ask again",
+}
+
+
+async def guarded(
+    answer: Answer, trace: Trace, idle_s: float, guards: Guards
+) -> AsyncGenerator[Sequence[Outcome], None]:
+    """The answer's events, in batches of those ready together; a ``Failure`` last if it
+    fails, stalls for ``idle_s`` or is cut by shutdown.
+
+    Closing this iterator (a client leaving) cancels the upstream call.
+    """
+    guard = StreamGuard(idle_s, guards)
+    trace.outcome = "disconnected"
+    try:
+        yield (answer.first,)
+        guard.waiting()
+        async for batch in answer.rest:
+            guard.writing()
+            yield batch
+            guard.waiting()
+        trace.outcome = "done"
+    except BackendError as exc:
+        trace.outcome = exc.code
+        trace.upstream_errors.append(exc.code)
+        yield (Failure(exc.code, exc.message, exc.retryable),)
+    except asyncio.CancelledError:
+        if guard.reason is None:
+            raise  # the client went away
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        trace.outcome = guard.reason
+        yield (Failure(guard.reason, _INTERRUPTIONS[guard.reason], True),)
+    finally:
+        guard.close()
+        await answer.aclose()
 
 
 class StreamGuard:

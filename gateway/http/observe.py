@@ -17,7 +17,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.trace import Trace
+from gateway.upstream.trace import Trace
 
 log = logging.getLogger("gateway.access")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")

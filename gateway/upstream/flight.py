@@ -1,33 +1,51 @@
 """Single flight: one upstream answer shared by every client asking the same question at once.
 
-A ``Flight`` owns its upstream call in a task of its own, records the events, and lets any
-number of clients follow them; a late joiner first gets the events so far. The call is
-cancelled only when the last client has gone (and, when shared through Redis, no other
-instance follows it). A failure reaches every client as the same error. The end (``done``
-or the error) reaches clients only after ``on_end`` has run: whoever saw ``done`` finds
-the answer stored.
+A ``Flight`` runs its ``Source``'s answer in a task of its own, records the events, and lets
+any number of clients follow them; a late joiner first gets the events so far. The call is
+cancelled only when the last client has gone and the source says nobody elsewhere follows
+it. A failure reaches every client as the same error. The end (``done`` or the error)
+reaches clients only after the source's ``on_end`` has run: whoever saw ``done`` finds the
+answer stored. ``Flights`` keeps the flights in progress by question.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Protocol
 
 from backends.base import Backend, BackendError, Event, TransientError
-from gateway.upstream import Answer
+from gateway.upstream.base import Answer
 
 ABANDONED = "abandoned"
 """The error code of a flight every client left (it reaches only followers elsewhere)."""
 
 
+class Source(Protocol):
+    """What a flight flies, told as it goes how the flight is doing."""
+
+    async def open(self, flight: Flight) -> Answer:
+        """Start the answer (raises ``BackendError`` if it cannot start)."""
+        ...
+
+    def on_event(self, event: Event) -> None:
+        """An event clients may now see (not the final ``done``: that comes with the end)."""
+        ...
+
+    def followed_elsewhere(self) -> bool:
+        """Asked when the last local client leaves: True keeps the call going."""
+        ...
+
+    async def on_end(self, flight: Flight) -> None:
+        """The flight is over (complete, failed or abandoned); clients wait for this."""
+        ...
+
+
 class Flight:
     """One answer in the making and the clients following it."""
 
-    def __init__(
-        self,
-        start: Callable[[Flight], Awaitable[Answer]],
-        on_end: Callable[[Flight], Awaitable[None]],
-    ) -> None:
+    def __init__(self, source: Source, land: Callable[[Flight], None]) -> None:
+        """``land`` runs once the flight is over, before its end reaches any client."""
         self.events: list[Event] = []
         self._visible = 0  # events clients may see: all but a final ``done`` until the end
         self.error: BackendError | None = None
@@ -36,12 +54,9 @@ class Flight:
         self.clients = 0
         self.abandoned = False
         """Every client left and the call is being cancelled: a new asker needs a new flight."""
-        self.keep_alive: Callable[[], bool] = lambda: False
-        """Asked when the last local client leaves: True keeps the call going (someone
-        elsewhere still follows it)."""
-        self.on_event: Callable[[Event], None] | None = None
+        self._source = source
         self._changed = asyncio.Event()
-        self._task = asyncio.create_task(self._run(start, on_end))
+        self._task = asyncio.create_task(self._run(land))
 
     @property
     def complete(self) -> bool:
@@ -57,7 +72,8 @@ class Flight:
             nonlocal left
             if not left:
                 left = True
-                self._leave()
+                self.clients -= 1
+                self.abandon_if_unfollowed()
 
         try:
             while not self._visible:
@@ -71,9 +87,15 @@ class Flight:
         return Answer(self.backend, self.events[0], self._follow(leave), release=leave)
 
     async def finished(self) -> None:
-        """Wait until the flight has ended (its ``on_end`` has run)."""
+        """Wait until the flight has ended (its source's ``on_end`` has run)."""
         while not self.ended:
             await self._changed.wait()
+
+    def abandon_if_unfollowed(self) -> None:
+        """Cancel the upstream call if nobody, here or elsewhere, follows it any more."""
+        if self.clients == 0 and not self.ended and not self._source.followed_elsewhere():
+            self.abandoned = True
+            self._task.cancel()
 
     async def _follow(
         self, leave: Callable[[], Awaitable[None]]
@@ -94,24 +116,10 @@ class Flight:
         finally:
             await leave()
 
-    def _leave(self) -> None:
-        self.clients -= 1
-        self.abandon_if_unfollowed()
-
-    def abandon_if_unfollowed(self) -> None:
-        """Cancel the upstream call if nobody, here or elsewhere, follows it any more."""
-        if self.clients == 0 and not self.ended and not self.keep_alive():
-            self.abandoned = True
-            self._task.cancel()
-
-    async def _run(
-        self,
-        start: Callable[[Flight], Awaitable[Answer]],
-        on_end: Callable[[Flight], Awaitable[None]],
-    ) -> None:
+    async def _run(self, land: Callable[[Flight], None]) -> None:
         answer = None
         try:
-            answer = await start(self)
+            answer = await self._source.open(self)
             self.backend = answer.backend
             self._add((answer.first,))
             async for batch in answer.rest:
@@ -124,8 +132,9 @@ class Flight:
             if answer is not None:
                 await answer.aclose()
             try:
-                await on_end(self)
+                await self._source.on_end(self)
             finally:
+                land(self)
                 self._visible = len(self.events)
                 self.ended = True
                 self._wake()
@@ -136,10 +145,32 @@ class Flight:
             if event.type == "done":
                 break  # held back until on_end has run
             self._visible = len(self.events)
-            if self.on_event is not None:
-                self.on_event(event)
+            self._source.on_event(event)
         self._wake()
 
     def _wake(self) -> None:
         self._changed.set()
         self._changed.clear()
+
+
+class Flights:
+    """The flights in progress, by question key."""
+
+    def __init__(self) -> None:
+        self._flying: dict[str, Flight] = {}
+
+    async def board(self, key: str, source: Callable[[], Source]) -> tuple[Flight, bool]:
+        """The flight answering ``key``, started from ``source()`` if there is none; True
+        with it when it was already flying (the asker shares another's call)."""
+        flight = self._flying.get(key)
+        while flight is not None and flight.abandoned:
+            await flight.finished()  # and its lock in Redis with it: never follow a dying flight
+            flight = self._flying.get(key)
+        if flight is not None:
+            return flight, True
+        flight = self._flying[key] = Flight(source(), lambda landed: self._land(key, landed))
+        return flight, False
+
+    def _land(self, key: str, flight: Flight) -> None:
+        if self._flying.get(key) is flight:
+            del self._flying[key]

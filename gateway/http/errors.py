@@ -1,14 +1,24 @@
-"""Errors as the client sees them: a status and ``{"error": {"code", "message"}}``."""
+"""Errors as the client sees them: a status and ``{"error": {"code", "message"}}``.
+
+Every refusal is an ``HTTPProblem``; ``install`` makes the app answer every other error
+(unknown route, wrong method, a crash) in the same shape, never with a stack trace.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import orjson
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 
 from backends.base import BackendError
 
+log = logging.getLogger("gateway")
 _UPSTREAM_STATUS = {
     "invalid_argument": 400,
     "failed_precondition": 400,
@@ -58,3 +68,28 @@ class HTTPProblem(Exception):
             headers=self.headers,
             media_type="application/json",
         )
+
+
+def install(app: FastAPI) -> None:
+    """Answer every error of ``app`` as an ``HTTPProblem``."""
+
+    @app.exception_handler(HTTPProblem)
+    async def problem(request: Request, exc: HTTPProblem) -> Response:
+        return exc.response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        return HTTPProblem(exc.status_code, code, str(exc.detail), headers=headers).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return HTTPProblem(422, "invalid_request", f"{where}: {first['msg']}").response()
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return HTTPProblem(500, "internal", "internal error").response()

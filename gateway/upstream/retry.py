@@ -1,4 +1,4 @@
-"""Retries before the first event, bounded per request and across the instance.
+"""Retries before the first event, bounded per request and across the instance (``RetryBudget``).
 
 The rule (Envoy, gRPC): retry only until the answer has started. ``Retrying`` wraps an
 ``Upstream``; its ``open`` returns once the first event is in hand, so a retry can never
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import deque
 
-from pydantic import BaseModel, ConfigDict, Field
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -23,55 +21,9 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from backends.base import BackendError, TransientError
-from gateway.upstream import Answer, Ask, Upstream
-
-
-class RetryPolicy(BaseModel):
-    """``[backends.NAME.retry]``: exponential backoff with jitter."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    attempts: int = Field(3, ge=1)
-    """Attempts in all, the first included."""
-    initial_s: float = Field(0.5, ge=0)
-    max_s: float = Field(8.0, ge=0)
-    multiplier: float = Field(2.0, ge=1)
-    budget_s: float = Field(30.0, gt=0)
-    """No retry starts later than this after the request began."""
-    first_event_s: float = Field(30.0, gt=0)
-    """Per attempt: time allowed for the first event before the attempt counts as failed."""
-
-
-class RetryBudget:
-    """Instance-wide cap: retries may add at most ``ratio`` of the recent requests, plus
-    ``min_per_s`` a second, over a sliding ``window_s``. Keeps an outage from multiplying load.
-    """
-
-    def __init__(self, ratio: float = 0.2, min_per_s: float = 3.0, window_s: float = 10.0) -> None:
-        self.ratio = ratio
-        self.min_per_s = min_per_s
-        self.window_s = window_s
-        self._requests: deque[float] = deque()
-        self._retries: deque[float] = deque()
-
-    def record_request(self) -> None:
-        self._requests.append(self._now())
-
-    def try_spend(self) -> bool:
-        """Take one retry from the budget; False when it is spent."""
-        now = self._now()
-        for stamps in (self._requests, self._retries):
-            while stamps and stamps[0] <= now - self.window_s:
-                stamps.popleft()
-        allowed = self.min_per_s * self.window_s + self.ratio * len(self._requests)
-        if len(self._retries) >= allowed:
-            return False
-        self._retries.append(now)
-        return True
-
-    @staticmethod
-    def _now() -> float:
-        return asyncio.get_running_loop().time()
+from gateway.upstream.base import Answer, Ask, Upstream
+from gateway.upstream.budget import RetryBudget
+from gateway.upstream.policies import RetryPolicy
 
 
 class _StopWhenBudgetSpent(stop_base):
@@ -142,18 +94,3 @@ class Retrying:
         error = state.outcome.exception() if state.outcome else None
         asked = error.retry_after if isinstance(error, BackendError) else None
         return max(wait, asked or 0.0)
-
-
-class Fallback:
-    """Tries each upstream in turn while the previous ones fail transiently before starting."""
-
-    def __init__(self, chain: list[Upstream]) -> None:
-        self.chain = chain
-
-    async def open(self, ask: Ask) -> Answer:
-        for upstream in self.chain[:-1]:
-            try:
-                return await upstream.open(ask)
-            except TransientError:
-                continue
-        return await self.chain[-1].open(ask)

@@ -1,8 +1,8 @@
-"""``qa-gateway ask``: stream one answer from a running gateway to the terminal.
+"""The terminal client of ``qa-gateway ask``: stream one answer from a running gateway.
 
 The answer text is written as it arrives, then its sources as a numbered list, then the
 session id to continue the conversation with (``--session``). Anything that keeps the
-answer from completing raises ``AskError`` with a one-line reason.
+answer from completing raises ``ClientError`` with a one-line reason.
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ import httpx
 import orjson
 
 from backends.base import Citation, Delta, Done, Source
-from gateway.wire import event_from_body
+from gateway.events import event_from_body
 
 
-class AskError(Exception):
+class ClientError(Exception):
     """The answer could not be had, or not all of it."""
 
 
-def ask(url: str, query: str, backend: str | None, session_id: str | None, out: TextIO) -> None:
+def print_answer(
+    url: str, query: str, backend: str | None, session_id: str | None, out: TextIO
+) -> None:
     """Stream the answer to ``query`` from the gateway at ``url`` into ``out``."""
     body: dict[str, Any] = {"query": query}
     if backend is not None:
@@ -38,13 +40,13 @@ def ask(url: str, query: str, backend: str | None, session_id: str | None, out: 
         ) as response:
             if response.is_error:
                 response.read()
-                raise AskError(f"the gateway refused: {_problem(response)}")
+                raise ClientError(f"the gateway refused: {_problem(response)}")
             _render(response.iter_lines(), out)
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise AskError(f"cannot reach the gateway at {url}: {exc}") from None
+        raise ClientError(f"cannot reach the gateway at {url}: {exc}") from None
     except httpx.TransportError as exc:
         out.write("\n")
-        raise AskError(f"lost the connection to the gateway: {exc}") from None
+        raise ClientError(f"lost the connection to the gateway: {exc}") from None
 
 
 def _render(lines: Iterator[str], out: TextIO) -> None:
@@ -57,7 +59,7 @@ def _render(lines: Iterator[str], out: TextIO) -> None:
         kind = body.pop("type")
         if kind == "error":
             out.write("\n")
-            raise AskError(f"the answer failed: {body['message']} ({body['code']})")
+            raise ClientError(f"the answer failed: {body['message']} ({body['code']})")
         if kind == "meta":
             continue
         event = event_from_body(kind, body)
@@ -71,7 +73,7 @@ def _render(lines: Iterator[str], out: TextIO) -> None:
             _finish(event, list(sources.values()), out)
             return
     out.write("\n")
-    raise AskError("the answer stopped before it was complete")
+    raise ClientError("the answer stopped before it was complete")
 
 
 def _finish(done: Done, sources: list[Source], out: TextIO) -> None:

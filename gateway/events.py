@@ -1,14 +1,9 @@
-"""The three wire formats of ``/qa``: SSE (default), NDJSON and plain text.
-
-Every stream is ``meta``, then the backend's events, then exactly one terminal ``done``
-or ``error``. A frame is built from a sequence number, an event type and a JSON body.
-"""
+"""The JSON form of events: what the formats send, the cache stores, shared flights carry
+and the terminal client reads. One codec, so the four never disagree."""
 
 from __future__ import annotations
 
 from typing import Any
-
-import orjson
 
 from backends.base import Citation, Delta, Done, Event, Source, Usage
 
@@ -67,63 +62,5 @@ def event_from_body(kind: str, body: Body) -> Event:
 
 
 def error_body(code: str, message: str, retryable: bool) -> Body:
+    """The JSON body of a terminal ``error``."""
     return {"code": code, "message": message, "retryable": retryable}
-
-
-class Wire:
-    """Server-sent events: ``id:``, ``event:`` and one-line JSON ``data:`` per event."""
-
-    name = "sse"
-    media_type = "text/event-stream"
-
-    def frame(self, seq: int, kind: str, body: Body) -> bytes:
-        return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, kind.encode(), orjson.dumps(body))
-
-
-class NDJSONWire(Wire):
-    """One JSON object per line, its type in ``type``."""
-
-    name = "ndjson"
-    media_type = "application/x-ndjson"
-
-    def frame(self, seq: int, kind: str, body: Body) -> bytes:
-        return orjson.dumps({"type": kind, **body}) + b"\n"
-
-
-class TextWire(Wire):
-    """The answer text only; a failure mid-stream appends one ``[error]`` line."""
-
-    name = "text"
-    media_type = "text/plain; charset=utf-8"
-
-    def frame(self, seq: int, kind: str, body: Body) -> bytes:
-        if kind == "delta":
-            return str(body["text"]).encode()
-        if kind == "error":
-            return f"\n[error] {body['code']}: {body['message']}\n".encode()
-        if kind == "done":
-            return b"\n"
-        return b""
-
-
-WIRES: dict[str, Wire] = {wire.name: wire for wire in (Wire(), NDJSONWire(), TextWire())}
-_BY_MEDIA_TYPE = {
-    "text/event-stream": "sse",
-    "application/x-ndjson": "ndjson",
-    "application/jsonl": "ndjson",
-    "text/plain": "text",
-}
-
-
-def choose_wire(format_param: str | None, accept: str | None) -> Wire | None:
-    """``?format=`` wins; else the first media type in ``Accept`` we speak; else SSE.
-
-    None means ``format_param`` names no format.
-    """
-    if format_param is not None:
-        return WIRES.get(format_param.lower())
-    for item in (accept or "").split(","):
-        name = _BY_MEDIA_TYPE.get(item.split(";", 1)[0].strip().lower())
-        if name is not None:
-            return WIRES[name]
-    return WIRES["sse"]

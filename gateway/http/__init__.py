@@ -1,0 +1,1 @@
+"""The edge: routes, the answering pipeline they share, streaming, errors and observability."""

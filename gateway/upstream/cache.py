@@ -1,0 +1,60 @@
+"""The answer cache: a repeated question replays the stored stream, event for event.
+
+``Cached`` wraps a backend's upstream chain (``Cached(Fallback(Retrying(...)))``). A hit
+replays the stored events; a miss joins the flight of the same question (``Flights``), so
+identical questions in flight cost one upstream call; the flight's ``Miss`` shares it across
+instances and stores the answer once it is complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from backends.base import Backend
+from gateway.upstream.base import Answer, Ask, Upstream
+from gateway.upstream.entries import cache_key, identity_of, lookup, replay
+from gateway.upstream.flight import Flights
+from gateway.upstream.miss import Miss, Misses
+from gateway.upstream.policies import BackendCachePolicy, CacheSettings
+from gateway.upstream.shared import SharedFlights
+from gateway.upstream.stores import Store
+
+
+class Cached:
+    """Replays stored answers and coalesces identical questions for one backend."""
+
+    def __init__(
+        self,
+        inner: Upstream,
+        answerers: Sequence[Backend],
+        policy: BackendCachePolicy,
+        settings: CacheSettings,
+        store: Store,
+        shared: SharedFlights | None,
+        first_event_s: float,
+    ) -> None:
+        """``answerers``: the backend this cache is for, then those ``inner`` falls back on."""
+        self.backend = answerers[0]
+        self.policy = policy
+        self.prefix = settings.prefix
+        self.identity = identity_of(self.backend)
+        self.store = store
+        self.inner = inner
+        self.flights = Flights()
+        self.misses = Misses(inner, answerers, policy, store, shared, first_event_s)
+
+    async def open(self, ask: Ask) -> Answer:
+        if not self.policy.cache or ask.request.session_id is not None:
+            return await self.inner.open(ask)  # follow-up turns depend on the conversation
+        question = ask.request
+        key = cache_key(self.prefix, self.identity, question.query, ask.tenant, question.history)
+        if ask.cache_read:
+            events = await lookup(self.store, key)
+            if events is not None:
+                return replay(self.backend, events)
+        flight, joined = await self.flights.board(key, lambda: Miss(key, ask, self.misses))
+        if joined:
+            ask.trace.coalesced = True
+        answer = await flight.join()
+        answer.cache = "MISS" if ask.cache_read else "BYPASS"
+        return answer
