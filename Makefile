@@ -1,5 +1,6 @@
 # `make run` serves the zero-credential default; `make test` runs the tests.
-# Both create .venv and install the project on first use.
+# `make lint` runs ruff, mypy (strict) and import-linter (the layers in pyproject.toml).
+# All create .venv and install the project on first use.
 
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -27,6 +28,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
