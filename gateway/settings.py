@@ -17,7 +17,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from backends.agent_builder import AgentBuilderConfig
 from backends.gemini import GeminiConfig
-from gateway.upstream.policies import BackendCachePolicy, CacheSettings, RetryPolicy
+from gateway.upstream.cache import CacheSettings
+from gateway.upstream.entries import BackendCachePolicy
+from gateway.upstream.retry import RetryPolicy
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
 

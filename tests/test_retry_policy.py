@@ -8,8 +8,7 @@ from tenacity import RetryCallState
 
 from backends.base import TransientError
 from gateway.upstream.budget import RetryBudget
-from gateway.upstream.policies import RetryPolicy
-from gateway.upstream.retry import Retrying
+from gateway.upstream.retry import Retrying, RetryPolicy
 
 
 def state_after(attempt: int, error: Exception) -> RetryCallState:

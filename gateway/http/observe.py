@@ -11,6 +11,7 @@ import logging
 import re
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 import orjson
@@ -32,55 +33,31 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
-        self.requests = Counter(
-            "qa_requests",
-            "Requests by route, backend and status.",
-            ["route", "backend", "status"],
-            registry=registry,
+        counter = partial(Counter, registry=registry)
+        latency = partial(Histogram, labelnames=["backend"], buckets=_LATENCY, registry=registry)
+        by_backend = ["backend"]
+        self.requests = counter(
+            "qa_requests", "Requests by route, backend and status.", ["route", "backend", "status"]
         )
-        self.first_event = Histogram(
-            "qa_time_to_first_event_seconds",
-            "From request to the first upstream event.",
-            ["backend"],
-            buckets=_LATENCY,
-            registry=registry,
+        self.first_event = latency(
+            "qa_time_to_first_event_seconds", "From request to the first upstream event."
         )
-        self.duration = Histogram(
-            "qa_stream_duration_seconds",
-            "From request to the end of the stream.",
-            ["backend"],
-            buckets=_LATENCY,
-            registry=registry,
+        self.duration = latency(
+            "qa_stream_duration_seconds", "From request to the end of the stream."
         )
         self.open_streams = Gauge("qa_open_streams", "Streams in progress.", registry=registry)
-        self.retries = Counter(
-            "qa_retries", "Upstream attempts after the first.", ["backend"], registry=registry
+        self.retries = counter("qa_retries", "Upstream attempts after the first.", by_backend)
+        self.fallbacks = counter(
+            "qa_fallbacks", "Answers given by a fallback backend.", ["backend", "answered_by"]
         )
-        self.fallbacks = Counter(
-            "qa_fallbacks",
-            "Answers given by a fallback backend.",
-            ["backend", "answered_by"],
-            registry=registry,
+        self.upstream_errors = counter(
+            "qa_upstream_errors", "Upstream failures by code.", ["backend", "code"]
         )
-        self.upstream_errors = Counter(
-            "qa_upstream_errors",
-            "Upstream failures by code.",
-            ["backend", "code"],
-            registry=registry,
+        self.cache = counter("qa_cache", "Cache results: HIT, MISS, BYPASS.", ["backend", "result"])
+        self.coalesced = counter(
+            "qa_coalesced", "Requests that shared another's upstream call.", by_backend
         )
-        self.cache = Counter(
-            "qa_cache",
-            "Cache results: HIT, MISS, BYPASS.",
-            ["backend", "result"],
-            registry=registry,
-        )
-        self.coalesced = Counter(
-            "qa_coalesced",
-            "Requests that shared another's upstream call.",
-            ["backend"],
-            registry=registry,
-        )
-        self.redis_errors = Counter("qa_redis_errors", "Failed Redis calls.", registry=registry)
+        self.redis_errors = counter("qa_redis_errors", "Failed Redis calls.")
 
     def record(self, route: str, trace: Trace) -> None:
         backend = trace.backend or ""

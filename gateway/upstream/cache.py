@@ -10,14 +10,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from backends.base import Backend
 from gateway.upstream.base import Answer, Ask, Upstream
-from gateway.upstream.entries import cache_key, identity_of, lookup, replay
+from gateway.upstream.entries import BackendCachePolicy, cache_key, identity_of, lookup, replay
 from gateway.upstream.flight import Flights
 from gateway.upstream.miss import Miss, Misses
-from gateway.upstream.policies import BackendCachePolicy, CacheSettings
 from gateway.upstream.shared import SharedFlights
 from gateway.upstream.stores import Store
+
+
+class CacheSettings(BaseModel):
+    """``[cache]``: where and how answers are cached (Redis itself: ``redis_url``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: str = "qa:"
+    """Every Redis key starts with this."""
+    tenant: str = "default"
+    """Namespace of this gateway's entries; answers never cross tenants."""
+    memory_max_entries: int = Field(10_000, gt=0)
+    """Without Redis: the in-process cache keeps at most this many answers..."""
+    memory_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    """...and this many bytes of them, dropping the least recently used first."""
+    connect_timeout_s: float = Field(0.5, gt=0)
+    command_timeout_s: float = Field(0.1, gt=0)
+    """A Redis call slower than this counts as a failure (and reads as a miss)."""
+    breaker_s: float = Field(5.0, gt=0)
+    """After a Redis failure, skip Redis for this long."""
+    lock_ttl_s: float = Field(10.0, gt=0)
+    """A flight's lock outlives a crashed instance by at most this."""
 
 
 class Cached:

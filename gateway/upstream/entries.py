@@ -1,4 +1,5 @@
-"""Cache entries: the key of a question, and a complete answer's stored form.
+"""Cache entries: the key of a question, a complete answer's stored form, and how long and
+how large a backend's entries may be (``BackendCachePolicy``).
 
 A key hashes the backend's identity (its name and every setting that shapes answers), the
 normalized query, the tenant and the history. An entry is the answer's event sequence, with
@@ -11,6 +12,7 @@ import hashlib
 from collections.abc import AsyncGenerator, Sequence
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
 from backends.base import Backend, Done, Event, Turn
 from gateway.events import event_body, event_from_body
@@ -19,6 +21,20 @@ from gateway.upstream.stores import Store
 
 SCHEMA = 1
 """Bumped when stored entries change shape: old entries then read as misses."""
+
+
+class BackendCachePolicy(BaseModel):
+    """Per backend: ``cache = false`` turns caching off; the rest tunes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cache: bool = True
+    cache_ttl_s: float = Field(3600.0, gt=0)
+    """How long a stored answer is replayed."""
+    cache_max_entry_bytes: int = Field(256 * 1024, gt=0)
+    """Longer answers are not stored."""
+    cache_skipped: bool = False
+    """Also store answers the upstream skipped (``finish_reason: "skipped"``)."""
 
 
 def identity_of(backend: Backend) -> bytes:

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 from backends.base import Backend, Done, Event, TransientError
 from gateway.upstream.base import Answer, Ask, Upstream
-from gateway.upstream.entries import encode_entry, lookup, replay
+from gateway.upstream.entries import BackendCachePolicy, encode_entry, lookup, replay
 from gateway.upstream.flight import Flight
-from gateway.upstream.policies import BackendCachePolicy
 from gateway.upstream.publisher import Publisher
 from gateway.upstream.shared import SharedFlights
 from gateway.upstream.stores import Store

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 
+from pydantic import BaseModel, ConfigDict, Field
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -23,7 +24,25 @@ from tenacity.stop import stop_base
 from backends.base import BackendError, TransientError
 from gateway.upstream.base import Answer, Ask, Upstream
 from gateway.upstream.budget import RetryBudget
-from gateway.upstream.policies import RetryPolicy
+
+
+class RetryPolicy(BaseModel):
+    """``[backends.NAME.retry]``: exponential backoff with jitter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempts: int = Field(3, ge=1)
+    """Attempts in all, the first included."""
+    initial_s: float = Field(0.5, ge=0)
+    """The first backoff; each wait is drawn between half of it and all of it (jitter)."""
+    max_s: float = Field(8.0, ge=0)
+    """The longest backoff, however many attempts came before."""
+    multiplier: float = Field(2.0, ge=1)
+    """Each backoff is this many times the one before."""
+    budget_s: float = Field(30.0, gt=0)
+    """No retry starts later than this after the request began."""
+    first_event_s: float = Field(30.0, gt=0)
+    """Per attempt: time allowed for the first event before the attempt counts as failed."""
 
 
 class _StopWhenBudgetSpent(stop_base):
