@@ -20,7 +20,7 @@ from google.cloud.discoveryengine_v1.services.conversational_search_service.tran
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backends.base import Citation, Delta, Done, Event, PermanentError, QARequest, Source, error_for
-from backends.connection import UPSTREAM_ERRORS, ConnectionConfig, SdkClient, map_error
+from backends.connection import ConnectionConfig, SdkClient
 from backends.text import char_index, unseen_text
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -104,20 +104,7 @@ class AgentBuilderBackend:
         self._sessions = f"{config.parent()}/sessions"
 
     def cache_identity(self) -> dict[str, object]:
-        return self.config.model_dump(
-            include={
-                "type",
-                "project",
-                "location",
-                "collection",
-                "engine",
-                "data_store",
-                "serving_config",
-                "answer",
-                "related_questions",
-                "user_pseudo_id",
-            }
-        )
+        return self.config.cache_identity()
 
     async def stream(self, request: QARequest) -> AsyncGenerator[Event, None]:
         session_id = request.session_id or "-"
@@ -127,17 +114,12 @@ class AgentBuilderBackend:
         grpc_request.query = Query(text=request.query)
         grpc_request.session = f"{self._sessions}/{session_id}"
         reader = AnswerReader()
-        call: Any = None
         try:
-            call = await self._client.get().stream_answer_query(
-                request=grpc_request, timeout=self.config.deadline_s
-            )
-            async for message in call:
-                for event in reader.read(AnswerQueryResponse.pb(message)):
-                    yield event
-            yield reader.done()
-        except UPSTREAM_ERRORS as exc:
-            error = map_error(exc)
+            async with self._client.stream("stream_answer_query", grpc_request) as responses:
+                async for response in responses:
+                    for event in reader.read(AnswerQueryResponse.pb(response)):
+                        yield event
+        except PermanentError as error:
             if error.code == "not_found" and request.session_id is not None:
                 # On a follow-up turn NOT_FOUND is the session (a wrong engine fails every turn).
                 raise PermanentError(
@@ -145,10 +127,8 @@ class AgentBuilderBackend:
                     f"no session {session_id!r} (expired or never started): ask without "
                     "session_id to start a new conversation",
                 ) from None
-            raise error from None
-        finally:
-            if call is not None:
-                call.cancel()
+            raise
+        yield reader.done()
 
     async def aclose(self) -> None:
         await self._client.aclose()

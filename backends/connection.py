@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -42,6 +43,10 @@ class ConnectionConfig(BaseModel):
     def address(self) -> str:
         return self.endpoint or self.default_endpoint()
 
+    def cache_identity(self) -> dict[str, object]:
+        """Every field but where and how to connect: what changes the answer."""
+        return self.model_dump(exclude=set(ConnectionConfig.model_fields))
+
 
 class SdkClient(Generic[C]):
     """One Google SDK async client per backend, built on first use (inside the running event
@@ -51,12 +56,14 @@ class SdkClient(Generic[C]):
     def __init__(
         self, client_class: Callable[..., C], transport_class: Any, config: ConnectionConfig
     ) -> None:
-        self._build = client_class, transport_class, config
+        self._build = client_class, transport_class
+        self._config = config
         self._client: C | None = None
 
     def get(self) -> C:
         if self._client is None:
-            client_class, transport_class, config = self._build
+            client_class, transport_class = self._build
+            config = self._config
             if config.insecure:
                 channel = grpc.aio.insecure_channel(config.address(), options=CHANNEL_OPTIONS)
                 self._client = client_class(transport=transport_class(channel=channel))
@@ -71,6 +78,25 @@ class SdkClient(Generic[C]):
                     transport=functools.partial(transport_class, channel=secure_channel),
                 )
         return self._client
+
+    @asynccontextmanager
+    async def stream(self, method: str, request: Any) -> AsyncIterator[AsyncIterator[Any]]:
+        """The responses of the server-streaming ``method``, within the config's deadline.
+
+        SDK and gRPC errors leave as ``BackendError``; the call is cancelled on the way out,
+        however it ends.
+        """
+        call: Any = None
+        try:
+            call = await getattr(self.get(), method)(
+                request=request, timeout=self._config.deadline_s
+            )
+            yield call
+        except UPSTREAM_ERRORS as exc:
+            raise map_error(exc) from None
+        finally:
+            if call is not None:
+                call.cancel()
 
     async def aclose(self) -> None:
         if self._client is not None:

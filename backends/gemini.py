@@ -29,7 +29,7 @@ from backends.base import (
     Source,
     Usage,
 )
-from backends.connection import UPSTREAM_ERRORS, ConnectionConfig, SdkClient, map_error
+from backends.connection import ConnectionConfig, SdkClient
 from backends.text import char_index
 
 
@@ -98,17 +98,7 @@ class GeminiBackend:
         self._template = GenerateContentRequest.pb(_request_template(config))
 
     def cache_identity(self) -> dict[str, object]:
-        return self.config.model_dump(
-            include={
-                "type",
-                "project",
-                "location",
-                "model",
-                "generation",
-                "safety",
-                "system_instruction",
-            }
-        )
+        return self.config.cache_identity()
 
     async def stream(self, request: QARequest) -> AsyncGenerator[Event, None]:
         # The raw protobuf, then wrapped: proto-plus would marshal the question field by field.
@@ -117,62 +107,68 @@ class GeminiBackend:
         for turn in request.history:
             message.contents.add(role=turn.role).parts.add(text=turn.text)
         message.contents.add(role="user").parts.add(text=request.query)
+        reader = ResponseReader()
         grpc_request = GenerateContentRequest.wrap(message)
-        call: Any = None
-        try:
-            call = await self._client.get().stream_generate_content(
-                request=grpc_request, timeout=self.config.deadline_s
-            )
-            finish_reason = "stop"
-            usage = None
-            pieces: list[str] = []
-            async for message in call:
-                response = GenerateContentResponse.pb(message)
-                # Presence checks first: reading an unset message field builds an empty one.
-                if response.candidates:
-                    candidate = response.candidates[0]
-                    for part in candidate.content.parts:
-                        text = part.text
-                        if text and not part.thought:
-                            pieces.append(text)
-                            yield Delta(text)
-                    if candidate.HasField("citation_metadata"):
-                        # The SDK documents these offsets only as an "index into the content",
-                        # with no unit (grounding segments say bytes): they pass through unchanged.
-                        for cited in candidate.citation_metadata.citations:
-                            yield Citation(
-                                cited.start_index,
-                                cited.end_index,
-                                (Source(cited.title, cited.uri),),
-                            )
-                    if candidate.HasField("grounding_metadata"):
-                        grounding = candidate.grounding_metadata
-                        for citation in grounding_citations(grounding, "".join(pieces)):
-                            yield citation
-                    if candidate.finish_reason:
-                        finish_reason = candidate.FinishReason.Name(candidate.finish_reason)
-                if response.HasField("usage_metadata"):
-                    meta = response.usage_metadata
-                    usage = Usage(
-                        meta.prompt_token_count,
-                        meta.candidates_token_count,
-                        meta.total_token_count,
-                    )
-                if response.HasField("prompt_feedback") and response.prompt_feedback.block_reason:
-                    reason = response.prompt_feedback.BlockedReason.Name(
-                        response.prompt_feedback.block_reason
-                    )
-                    yield Done("skipped", usage, skip_reasons=(reason.lower(),))
-                    return
-            yield Done(finish_reason.lower(), usage)
-        except UPSTREAM_ERRORS as exc:
-            raise map_error(exc) from None
-        finally:
-            if call is not None:
-                call.cancel()
+        async with self._client.stream("stream_generate_content", grpc_request) as responses:
+            async for response in responses:
+                for event in reader.read(GenerateContentResponse.pb(response)):
+                    yield event
+                if reader.blocked_reason:
+                    break
+        yield reader.done()
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+class ResponseReader:
+    """Turns one stream of raw ``GenerateContentResponse`` protobufs into events.
+
+    Only the first candidate is read, and thought parts are never answer text. A prompt
+    blocked by ``prompt_feedback`` ends the answer as ``skipped``, with the block reason.
+    """
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.finish_reason = "stop"
+        self.usage: Usage | None = None
+        self.blocked_reason: str | None = None
+
+    def read(self, response: Any) -> Iterator[Event]:
+        """The events one response adds."""
+        # Presence checks first: reading an unset message field builds an empty one.
+        if response.candidates:
+            yield from self._candidate(response.candidates[0])
+        if response.HasField("usage_metadata"):
+            meta = response.usage_metadata
+            self.usage = Usage(
+                meta.prompt_token_count, meta.candidates_token_count, meta.total_token_count
+            )
+        if response.HasField("prompt_feedback") and response.prompt_feedback.block_reason:
+            feedback = response.prompt_feedback
+            self.blocked_reason = feedback.BlockedReason.Name(feedback.block_reason).lower()
+
+    def done(self) -> Done:
+        """The terminal event, once the stream has ended (or a block ended it)."""
+        if self.blocked_reason:
+            return Done("skipped", self.usage, skip_reasons=(self.blocked_reason,))
+        return Done(self.finish_reason, self.usage)
+
+    def _candidate(self, candidate: Any) -> Iterator[Event]:
+        for part in candidate.content.parts:
+            if part.text and not part.thought:
+                self.text += part.text
+                yield Delta(part.text)
+        if candidate.HasField("citation_metadata"):
+            # The SDK documents these offsets only as an "index into the content", with no
+            # unit (grounding segments say bytes): they pass through unchanged.
+            for cited in candidate.citation_metadata.citations:
+                source = Source(cited.title, cited.uri)
+                yield Citation(cited.start_index, cited.end_index, (source,))
+        if candidate.HasField("grounding_metadata"):
+            yield from grounding_citations(candidate.grounding_metadata, self.text)
+        if candidate.finish_reason:
+            self.finish_reason = candidate.FinishReason.Name(candidate.finish_reason).lower()
 
 
 def grounding_citations(metadata: Any, text: str) -> Iterator[Citation]:

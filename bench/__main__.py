@@ -23,7 +23,7 @@ from pathlib import Path
 import uvloop
 
 from bench import procs, scenarios, streams
-from bench.direct import Direct, ThroughSdk
+from bench.direct import RawStub, ThroughSdk
 from bench.load import Pool
 from bench.report import render
 from bench.summary import Results
@@ -64,7 +64,7 @@ def machine(root: Path, quick: bool) -> list[str]:
         "- direct baseline: a raw `grpc.aio` channel with the protobuf classes behind the "
         "SDK's messages (`GenerateContentRequest.pb()`), one channel reused; `sdk`: the "
         "gateway's Gemini backend (the SDK's async client) in the bench process, no HTTP",
-        "- load generator: `bench.http`, raw asyncio HTTP/1.1 over keep-alive connections, "
+        "- load generator: `bench.http_client`, raw asyncio HTTP/1.1 over keep-alive connections, "
         "on uvloop",
     ]
 
@@ -95,7 +95,7 @@ async def run(args: argparse.Namespace) -> Results:
     busy_before, mine_before = procs.machine_busy_s(), procs.cpu_s(os.getpid())
     emulator = procs.EmulatorProcess(work)
     gateway, port = procs.start_gateway(work, emulator.address, root)
-    direct, sdk = Direct(emulator.address), ThroughSdk(emulator.address)
+    direct, sdk = RawStub(emulator.address), ThroughSdk(emulator.address)
     bench = scenarios.Bench(emulator, gateway, Pool(port), direct, sdk, sizes)
     try:
         startup = procs.wait_http_ready(gateway, port)

@@ -17,7 +17,7 @@ from pathlib import Path
 import uvloop
 
 from bench import procs
-from bench.direct import Direct
+from bench.direct import RawStub
 from bench.load import Pool, Target, direct_target, gateway_target, measure
 from bench.stats import Round, median
 
@@ -26,7 +26,7 @@ async def compare(roots: list[Path], rounds: int, requests: dict[int, int]) -> N
     work = Path(tempfile.mkdtemp(prefix="qa-compare-"))
     emulator = procs.EmulatorProcess(work)
     gateways, pools = [], []
-    direct = Direct(emulator.address)
+    direct = RawStub(emulator.address)
     try:
         targets: list[tuple[Target, int]] = [(direct_target(direct), os.getpid())]
         for index, root in enumerate(roots):

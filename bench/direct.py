@@ -16,7 +16,7 @@ from google.cloud.aiplatform_v1 import GenerateContentRequest, GenerateContentRe
 
 from backends.base import BackendError, QARequest
 from backends.gemini import GeminiConfig
-from bench.http import Exchange
+from bench.http_client import Exchange
 
 METHOD = "/google.cloud.aiplatform.v1.PredictionService/StreamGenerateContent"
 MODEL = "projects/emulated-project/locations/us-central1/publishers/google/models/gemini-2.5-flash"
@@ -25,7 +25,7 @@ _Request: Any = GenerateContentRequest.pb()
 _Response: Any = GenerateContentResponse.pb()
 
 
-class Direct:
+class RawStub:
     """Streams answers straight from the emulator; results look like the HTTP client's."""
 
     def __init__(self, address: str) -> None:
@@ -61,7 +61,7 @@ class Direct:
 
 class ThroughSdk:
     """The gateway's Gemini backend alone (``GeminiBackend.stream``, on the SDK's async
-    client), in the bench process and without HTTP: what the SDK costs above ``Direct``, and
+    client), in the bench process and without HTTP: what the SDK costs above ``RawStub``, and
     the floor under the gateway's own CPU. ``frames`` counts events (the answer's, ``done``)."""
 
     def __init__(self, address: str) -> None:

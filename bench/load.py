@@ -13,8 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bench.direct import Direct, ThroughSdk
-from bench.http import Connection, Exchange, qa_request
+from bench.direct import RawStub, ThroughSdk
+from bench.http_client import Connection, Exchange, qa_request
 from bench.procs import cpu_s, machine_busy_s
 from bench.stats import Round, summarise
 
@@ -71,7 +71,7 @@ class Pool:
         self.used.clear()
 
 
-def direct_target(direct: Direct) -> Target:
+def direct_target(direct: RawStub) -> Target:
     async def send(number: int, worker: int) -> Exchange:
         return await direct.ask(fresh_query("direct"))
 

@@ -114,11 +114,11 @@ def _spawn(
 
 
 class EmulatorProcess:
-    """``bench.upstream``: the project's ``Emulator`` in its own process, driven over stdin."""
+    """``bench.emulator_server``: the project's ``Emulator`` in a process, driven over stdin."""
 
     def __init__(self, workdir: Path) -> None:
         self.child = _spawn(
-            "emulator", [sys.executable, "-m", "bench.upstream"], workdir, control=True
+            "emulator", [sys.executable, "-m", "bench.emulator_server"], workdir, control=True
         )
         first = self._read()
         self.port = int(first["port"])

@@ -9,8 +9,8 @@ import asyncio
 import os
 from dataclasses import dataclass, field
 
-from bench.direct import Direct, ThroughSdk
-from bench.http import Connection, qa_request
+from bench.direct import RawStub, ThroughSdk
+from bench.http_client import Connection, qa_request
 from bench.load import (
     Pool,
     Target,
@@ -57,7 +57,7 @@ class Bench:
     emulator: EmulatorProcess
     gateway: Child
     pool: Pool
-    direct: Direct
+    direct: RawStub
     sdk: ThroughSdk
     sizes: Sizes
     watch: dict[str, int] = field(default_factory=dict)

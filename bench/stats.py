@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bench.http import Exchange
+from bench.http_client import Exchange
 
 
 def percentile(values: Sequence[float], q: float) -> float:

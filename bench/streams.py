@@ -18,7 +18,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from bench.http import Connection, Exchange, qa_request
+from bench.http_client import Connection, Exchange, qa_request
 from bench.load import fresh_query
 from bench.procs import cpu_s, machine_busy_s, rss_kb
 from bench.scenarios import FAST, Bench

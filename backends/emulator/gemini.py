@@ -21,6 +21,8 @@ from google.cloud.aiplatform_v1 import (
     Segment,
 )
 
+from backends.emulator.server import stream_handler
+
 if TYPE_CHECKING:
     from backends.emulator.server import Behaviour, Emulator
 
@@ -112,13 +114,6 @@ def handler(emulator: Emulator) -> grpc.GenericRpcHandler:
         async for response in emulator.play(call, context, responses):
             yield response
 
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            METHOD: grpc.unary_stream_rpc_method_handler(
-                stream_generate_content,
-                request_deserializer=GenerateContentRequest.deserialize,
-                response_serializer=GenerateContentResponse.serialize,
-            )
-        },
+    return stream_handler(
+        SERVICE, METHOD, GenerateContentRequest, GenerateContentResponse, stream_generate_content
     )

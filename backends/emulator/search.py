@@ -24,6 +24,8 @@ from google.cloud.discoveryengine_v1 import (
     Session,
 )
 
+from backends.emulator.server import stream_handler
+
 if TYPE_CHECKING:
     from backends.emulator.server import Behaviour, Emulator
 
@@ -169,13 +171,6 @@ def handler(emulator: Emulator) -> grpc.GenericRpcHandler:
                 emulator.sessions[call.session] = call.turn  # the turn counts once answered
             yield response
 
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            METHOD: grpc.unary_stream_rpc_method_handler(
-                stream_answer_query,
-                request_deserializer=AnswerQueryRequest.deserialize,
-                response_serializer=AnswerQueryResponse.serialize,
-            )
-        },
+    return stream_handler(
+        SERVICE, METHOD, AnswerQueryRequest, AnswerQueryResponse, stream_answer_query
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +12,24 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+Serve = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+
+
+def stream_handler(
+    service: str, method: str, request_class: Any, response_class: Any, serve: Serve
+) -> grpc.GenericRpcHandler:
+    """Serves the server-streaming ``service/method`` with ``serve``, in the SDK's messages."""
+    return grpc.method_handlers_generic_handler(
+        service,
+        {
+            method: grpc.unary_stream_rpc_method_handler(
+                serve,
+                request_deserializer=request_class.deserialize,
+                response_serializer=response_class.serialize,
+            )
+        },
+    )
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The project's emulator in its own process, steerable by the bench over stdin/stdout.
 
-``python -m bench.upstream`` serves ``backends.emulator.Emulator`` on a free port (as
+``python -m bench.emulator_server`` serves ``backends.emulator.Emulator`` on a free port (as
 ``qa-gateway emulate`` does, on the same default asyncio loop) and prints ``{"port": N}``.
 Then it answers one JSON line per JSON command line:
 
