@@ -25,7 +25,7 @@ from gateway.http.errors import HTTPProblem
 from gateway.http.guard import Guards, guarded
 from gateway.http.streaming import Departure, EventStream
 from gateway.runtime import Runtime
-from gateway.upstream.base import Answer, Ask
+from gateway.upstream.base import Answer, Ask, Principal
 from gateway.upstream.trace import Trace
 
 M = TypeVar("M", bound=BaseModel)
@@ -96,6 +96,15 @@ class _Started:
         return STREAM_HEADERS | {"X-Cache": self.answer.cache}
 
 
+def principal_of(request: Request) -> Principal:
+    """Who sends ``request``: what the front door put in ``scope["state"]["principal"]``,
+    else the anonymous principal of the configured tenant."""
+    principal: Principal | None = request.scope.get("state", {}).get("principal")
+    if principal is None:
+        return Principal("anonymous", request.app.state.runtime.settings.cache.tenant)
+    return principal
+
+
 def _backend_named(runtime: Runtime, name: str | None) -> str:
     """The backend to ask: ``name`` or the default; 404 listing the configured ones."""
     name = name or runtime.settings.default_backend
@@ -119,7 +128,7 @@ async def _start(request: Request, runtime: Runtime, question: QARequest, name: 
     directives = request.headers.get("cache-control", "").lower()
     ask = Ask(
         question,
-        tenant=runtime.settings.cache.tenant,
+        principal=principal_of(request),
         cache_read="no-cache" not in directives,
         cache_write="no-store" not in directives,
         trace=trace,

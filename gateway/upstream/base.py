@@ -12,12 +12,24 @@ from gateway.upstream.trace import Trace
 
 
 @dataclass(frozen=True, slots=True)
+class Principal:
+    """Who asks: an API key's name or a token's subject, and the tenant it belongs to.
+
+    Answers (cache entries, flights, answer streams) are shared within a tenant and never
+    across; a stream is resumed only by the principal that started it.
+    """
+
+    name: str
+    tenant: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ask:
     """A question as the gateway handles it: the backend's request plus gateway options."""
 
     request: QARequest
-    tenant: str = "default"
-    """Whose cache entries this question may read and write."""
+    principal: Principal = Principal("anonymous", "default")
+    """Who asks; its tenant owns the cache entries this question may read and write."""
     cache_read: bool = True
     """False for ``Cache-Control: no-cache``: answer afresh (and refresh the entry)."""
     cache_write: bool = True

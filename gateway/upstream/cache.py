@@ -29,7 +29,7 @@ class CacheSettings(BaseModel):
     prefix: str = "qa:"
     """Every Redis key starts with this."""
     tenant: str = "default"
-    """Namespace of this gateway's entries; answers never cross tenants."""
+    """The tenant of requests that carry none of their own (no auth configured)."""
     memory_max_entries: int = Field(10_000, gt=0)
     """Without Redis: the in-process cache keeps at most this many answers..."""
     memory_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
@@ -70,7 +70,8 @@ class Cached:
         if not self.policy.cache or ask.request.session_id is not None:
             return await self.inner.open(ask)  # follow-up turns depend on the conversation
         question = ask.request
-        key = cache_key(self.prefix, self.identity, question.query, ask.tenant, question.history)
+        tenant = ask.principal.tenant
+        key = cache_key(self.prefix, self.identity, question.query, tenant, question.history)
         if ask.cache_read:
             events = await lookup(self.store, key)
             if events is not None:
