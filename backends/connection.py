@@ -31,7 +31,7 @@ class ConnectionConfig(BaseModel):
     endpoint: str | None = None
     """``host:port``; the backend's Google endpoint when unset."""
     insecure: bool = False
-    """Plaintext gRPC without credentials, for an emulator."""
+    """Plaintext (gRPC, or ``http://`` for REST) without credentials, for an emulator."""
     emulator: bool = False
     """Talk to the gateway's embedded emulator (sets ``endpoint`` and ``insecure``)."""
     deadline_s: float = Field(120.0, gt=0)
@@ -42,6 +42,10 @@ class ConnectionConfig(BaseModel):
 
     def address(self) -> str:
         return self.endpoint or self.default_endpoint()
+
+    def protocol(self) -> str:
+        """How the backend talks to Google: ``grpc`` or ``rest`` (which emulator port)."""
+        return "grpc"
 
     def cache_identity(self) -> dict[str, object]:
         """Every field but where and how to connect: what changes the answer."""

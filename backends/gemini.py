@@ -21,6 +21,7 @@ from google.cloud.aiplatform_v1.services.prediction_service.transports.grpc_asyn
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backends.base import (
+    Backend,
     Citation,
     Delta,
     Done,
@@ -58,6 +59,10 @@ class GeminiConfig(ConnectionConfig):
     """``[backends.NAME]`` with ``type = "gemini"``."""
 
     type: Literal["gemini"]
+    transport: Literal["rest", "grpc"] = "rest"
+    """``rest``: Vertex REST streaming (``alt=sse``) on aiohttp; ``grpc``: the SDK's client."""
+    quota_project: str | None = None
+    """REST: bill this project's quota (``x-goog-user-project``)."""
     project: str = "emulated-project"
     location: str = "us-central1"
     model: str = "gemini-2.5-flash"
@@ -78,9 +83,28 @@ class GeminiConfig(ConnectionConfig):
         return value
 
     def default_endpoint(self) -> str:
+        if self.location == "global":
+            return "aiplatform.googleapis.com"
         return f"{self.location}-aiplatform.googleapis.com"
 
-    def build(self, name: str) -> GeminiBackend:
+    def protocol(self) -> str:
+        return self.transport
+
+    def cache_identity(self) -> dict[str, object]:
+        identity = super().cache_identity()
+        del identity["transport"], identity["quota_project"]  # the same answer either way
+        return identity
+
+    def model_path(self) -> str:
+        """The model's resource name."""
+        location = f"projects/{self.project}/locations/{self.location}"
+        return f"{location}/publishers/google/models/{self.model}"
+
+    def build(self, name: str) -> Backend:
+        if self.transport == "rest":
+            from backends.gemini_rest import GeminiRestBackend
+
+            return GeminiRestBackend(name, self)
         return GeminiBackend(name, self)
 
 
@@ -95,7 +119,7 @@ class GeminiBackend:
         self._client = SdkClient(
             PredictionServiceAsyncClient, PredictionServiceGrpcAsyncIOTransport, config
         )
-        self._template = GenerateContentRequest.pb(_request_template(config))
+        self._template = GenerateContentRequest.pb(request_template(config))
 
     def cache_identity(self) -> dict[str, object]:
         return self.config.cache_identity()
@@ -199,13 +223,10 @@ def _chunk_source(chunk: Any) -> Source | None:
     return Source(found.title, found.uri, snippet)
 
 
-def _request_template(config: GeminiConfig) -> GenerateContentRequest:
+def request_template(config: GeminiConfig) -> GenerateContentRequest:
     """Everything but the question, built once from config."""
     template = GenerateContentRequest(
-        model=(
-            f"projects/{config.project}/locations/{config.location}"
-            f"/publishers/google/models/{config.model}"
-        ),
+        model=config.model_path(),
         generation_config=GenerationConfig(**config.generation.model_dump(exclude_none=True)),
         safety_settings=[
             SafetySetting(category=category, threshold=threshold)

@@ -24,8 +24,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import grpc
-
 from backends.emulator import Behaviour, Call, Emulator
 
 
@@ -35,16 +33,14 @@ class StampingEmulator(Emulator):
     stamp: bool = False
     stamps: dict[str, list[float]]
 
-    async def play(
-        self, call: Call, context: grpc.aio.ServicerContext, responses: Sequence[Any]
-    ) -> AsyncIterator[Any]:
+    async def play(self, call: Call, responses: Sequence[Any]) -> AsyncIterator[Any]:
         if not self.stamp:
-            async for response in super().play(call, context, responses):
+            async for response in super().play(call, responses):
                 yield response
             return
         query = " ".join(part.text for content in call.request.contents for part in content.parts)
         times = self.stamps.setdefault(query, [])
-        async for response in super().play(call, context, responses):
+        async for response in super().play(call, responses):
             times.append(time.monotonic())
             yield response
 

@@ -20,9 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=os.environ.get("QA_HOST", "0.0.0.0"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
 
-    emulate = commands.add_parser("emulate", help="serve the Google API emulator over gRPC")
+    emulate = commands.add_parser(
+        "emulate", help="serve the Google API emulator (gRPC, and Gemini's REST API)"
+    )
     emulate.add_argument("--host", default="127.0.0.1")
-    emulate.add_argument("--port", type=int, default=50051)
+    emulate.add_argument("--port", type=int, default=50051, help="gRPC port")
+    emulate.add_argument("--rest-port", type=int, default=8090, help="REST port")
     emulate.add_argument("--chunks", type=int, default=8, help="pieces per answer")
     emulate.add_argument("--delay-ms", type=float, default=0.0, help="pause between chunks")
     emulate.add_argument("--first-delay-ms", type=float, default=0.0, help="pause before the first")
@@ -105,8 +108,12 @@ def _emulate(args: argparse.Namespace) -> int:
     )
 
     async def run() -> None:
-        emulator = await Emulator(behaviour).start(args.host, args.port)
-        print(f"emulator listening on {args.host}:{emulator.port}", flush=True)
+        emulator = await Emulator(behaviour).start(args.host, args.port, args.rest_port)
+        print(
+            f"emulator listening on {args.host}:{emulator.port} (gRPC)"
+            f" and {args.host}:{emulator.rest_port} (REST)",
+            flush=True,
+        )
         try:
             await asyncio.Event().wait()
         finally:

@@ -67,13 +67,14 @@ async def running(
                 first_delay_ms=knobs.first_delay_ms,
                 cumulative=knobs.cumulative,
             )
-            emulator = await Emulator(behaviour).start(knobs.host, knobs.port)
+            emulator = await Emulator(behaviour).start(knobs.host, knobs.port, knobs.rest_port)
             stack.push_async_callback(emulator.stop)
         backends: dict[str, Backend] = {}
         for name, entry in settings.backends.items():
             config = entry.backend_config()
             if config.emulator and emulator is not None:
-                config = config.model_copy(update={"endpoint": emulator.address, "insecure": True})
+                endpoint = emulator.address_for(config.protocol())
+                config = config.model_copy(update={"endpoint": endpoint, "insecure": True})
             backends[name] = backend = config.build(name)
             stack.push_async_callback(backend.aclose)
         store, shared = _cache(settings, on_redis_error)

@@ -70,7 +70,9 @@ class EmulatorSettings(BaseModel):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535)
-    """0 picks a free port."""
+    """The gRPC port; 0 picks a free port."""
+    rest_port: int = Field(0, ge=0, le=65535)
+    """The REST port; 0 picks a free port."""
     chunks: int = Field(12, gt=0)
     delay_ms: float = Field(40.0, ge=0)
     first_delay_ms: float = Field(150.0, ge=0)

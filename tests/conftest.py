@@ -29,6 +29,19 @@ async def gateway_url(emulator: Emulator) -> AsyncIterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session", params=["rest", "grpc"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Each Gemini transport in turn, for the tests that run on both."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+async def gemini_url(emulator: Emulator, transport: str) -> AsyncIterator[str]:
+    """A gateway with the default test settings over one Gemini transport."""
+    async with gateway(settings_for(emulator, transport)) as url:
+        yield url
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=10) as client:

@@ -25,14 +25,15 @@ FAST_RETRY = {"initial_s": 0.001, "max_s": 0.005}
 """Retry waits short enough for tests."""
 
 
-def settings_for(emulator: Emulator, **overrides: Any) -> Settings:
-    """Settings with one Gemini backend (``gemini``) pointing at ``emulator``."""
+def settings_for(emulator: Emulator, transport: str = "rest", **overrides: Any) -> Settings:
+    """Settings with one Gemini backend (``gemini``) on ``emulator``, over ``transport``."""
     data: dict[str, Any] = {
         "default_backend": "gemini",
         "backends": {
             "gemini": {
                 "type": "gemini",
-                "endpoint": emulator.address,
+                "transport": transport,
+                "endpoint": emulator.address_for(transport),
                 "insecure": True,
                 "retry": FAST_RETRY,
                 "cache": False,

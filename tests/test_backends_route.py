@@ -27,5 +27,5 @@ async def test_lists_name_type_model_and_nothing_else(
             },
         ],
     }
-    assert emulator.address.encode() not in response.content
+    assert emulator.rest_address.encode() not in response.content
     assert b"secret-project" not in response.content

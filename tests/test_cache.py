@@ -33,7 +33,7 @@ def prefix() -> Iterator[str]:
 def cached(emulator: Emulator, prefix: str, url: str = SHARED_URL, **extra: Any) -> Settings:
     entry = {
         "type": "gemini",
-        "endpoint": emulator.address,
+        "endpoint": emulator.rest_address,
         "insecure": True,
         "retry": FAST_RETRY,
         **extra.pop("entry", {}),

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from google.cloud.aiplatform_v1 import GroundingChunk, GroundingMetadata, GroundingSupport, Segment
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import pytest
+from google.cloud.aiplatform_v1 import GroundingChunk, GroundingMetadata, GroundingSupport, Segment
+from google.protobuf import json_format
+
+from backends import gemini, gemini_rest
 from backends.base import Citation, Source
-from backends.gemini import grounding_citations
+
+Reader = Callable[[Any, str], Iterator[Citation]]
 
 TEXT = "서울은 한국의 수도입니다. It has 10 million people."
 
@@ -15,7 +22,16 @@ def segment(cited: str) -> Segment:
     return Segment(start_index=start, end_index=start + len(cited.encode()))
 
 
-def test_grounding_supports_become_citations_in_characters() -> None:
+def from_protobuf(metadata: Any, text: str) -> Iterator[Citation]:
+    return gemini.grounding_citations(metadata, text)
+
+
+def from_json(metadata: Any, text: str) -> Iterator[Citation]:
+    return gemini_rest.grounding_citations(json_format.MessageToDict(metadata), text)
+
+
+@pytest.mark.parametrize("read", [from_protobuf, from_json], ids=["grpc", "rest"])
+def test_grounding_supports_become_citations_in_characters(read: Reader) -> None:
     metadata = GroundingMetadata(
         grounding_chunks=[
             GroundingChunk(web=GroundingChunk.Web(title="Seoul", uri="https://seoul.example")),
@@ -36,7 +52,7 @@ def test_grounding_supports_become_citations_in_characters() -> None:
         ],
     )
 
-    citations = list(grounding_citations(GroundingMetadata.pb(metadata), TEXT))
+    citations = list(read(GroundingMetadata.pb(metadata), TEXT))
 
     assert citations == [
         Citation(0, 14, (Source("Seoul", "https://seoul.example"),)),

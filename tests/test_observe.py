@@ -30,7 +30,12 @@ def value(scraped: dict, name: str, **labels: str) -> float:  # type: ignore[typ
 
 
 async def test_metrics_count_a_scripted_mix(client: httpx.AsyncClient, emulator: Emulator) -> None:
-    entry = {"type": "gemini", "endpoint": emulator.address, "insecure": True, "retry": FAST_RETRY}
+    entry = {
+        "type": "gemini",
+        "endpoint": emulator.rest_address,
+        "insecure": True,
+        "retry": FAST_RETRY,
+    }
     settings = settings_for(
         emulator,
         backends={

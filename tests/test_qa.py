@@ -14,9 +14,9 @@ QUERY = {"query": "What is Vertex AI?"}
 
 
 async def test_sse_stream_is_meta_deltas_done(
-    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
+    client: httpx.AsyncClient, gemini_url: str, emulator: Emulator
 ) -> None:
-    response = await client.post(f"{gateway_url}/qa", json=QUERY)
+    response = await client.post(f"{gemini_url}/qa", json=QUERY)
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -41,10 +41,10 @@ async def test_sse_stream_is_meta_deltas_done(
     assert len(emulator.calls) == 1
 
 
-async def test_ndjson_bytes(client: httpx.AsyncClient, gateway_url: str) -> None:
+async def test_ndjson_bytes(client: httpx.AsyncClient, gemini_url: str) -> None:
     emulator_chunks = answer_chunks("hi", 8)
     response = await client.post(
-        f"{gateway_url}/qa", json={"query": "hi"}, headers={"Accept": "application/x-ndjson"}
+        f"{gemini_url}/qa", json={"query": "hi"}, headers={"Accept": "application/x-ndjson"}
     )
 
     assert response.headers["content-type"] == "application/x-ndjson"
@@ -55,25 +55,25 @@ async def test_ndjson_bytes(client: httpx.AsyncClient, gateway_url: str) -> None
     assert lines[1] == b'{"type":"delta","text":"%s"}' % emulator_chunks[0].encode()
 
 
-async def test_text_bytes_are_the_answer(client: httpx.AsyncClient, gateway_url: str) -> None:
-    response = await client.post(f"{gateway_url}/qa?format=text", json={"query": "hi"})
+async def test_text_bytes_are_the_answer(client: httpx.AsyncClient, gemini_url: str) -> None:
+    response = await client.post(f"{gemini_url}/qa?format=text", json={"query": "hi"})
 
     assert response.headers["content-type"] == "text/plain; charset=utf-8"
     assert response.text == "".join(answer_chunks("hi", 8)) + "\n"
 
 
-async def test_format_parameter_beats_accept(client: httpx.AsyncClient, gateway_url: str) -> None:
+async def test_format_parameter_beats_accept(client: httpx.AsyncClient, gemini_url: str) -> None:
     response = await client.post(
-        f"{gateway_url}/qa?format=ndjson", json={"query": "hi"}, headers={"Accept": "text/plain"}
+        f"{gemini_url}/qa?format=ndjson", json={"query": "hi"}, headers={"Accept": "text/plain"}
     )
     assert response.headers["content-type"] == "application/x-ndjson"
 
 
 async def test_stream_arrives_incrementally(
-    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
+    client: httpx.AsyncClient, gemini_url: str, emulator: Emulator
 ) -> None:
     emulator.reset(Behaviour(chunks=50, delay_ms=20))
-    async with client.stream("POST", f"{gateway_url}/qa", json=QUERY) as response:
+    async with client.stream("POST", f"{gemini_url}/qa", json=QUERY) as response:
         seen = b""
         chunks = response.aiter_bytes()
         async for chunk in chunks:
@@ -92,10 +92,10 @@ async def test_stream_arrives_incrementally(
 
 
 async def test_thoughts_are_never_answer_text_and_sources_become_citations(
-    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
+    client: httpx.AsyncClient, gemini_url: str, emulator: Emulator
 ) -> None:
     emulator.reset(Behaviour(chunks=4, thoughts=True, grounded=True))
-    response = await client.post(f"{gateway_url}/qa", json={"query": "Where from?"})
+    response = await client.post(f"{gemini_url}/qa", json={"query": "Where from?"})
     frames = parse_sse(response.content)
     pieces = answer_chunks("Where from?", 4)
     answer = "".join(pieces)
@@ -116,9 +116,9 @@ async def test_thoughts_are_never_answer_text_and_sources_become_citations(
 
 
 async def test_a_blocked_prompt_is_a_skipped_answer(
-    client: httpx.AsyncClient, gateway_url: str
+    client: httpx.AsyncClient, gemini_url: str
 ) -> None:
-    response = await client.post(f"{gateway_url}/qa", json={"query": "Tell me [skip] this"})
+    response = await client.post(f"{gemini_url}/qa", json={"query": "Tell me [skip] this"})
     assert response.status_code == 200
     assert [(kind, data) for _, kind, data in parse_sse(response.content)[1:]] == [
         ("done", {"finish_reason": "skipped", "usage": None, "skip_reasons": ["safety"]})
@@ -126,14 +126,14 @@ async def test_a_blocked_prompt_is_a_skipped_answer(
 
 
 async def test_the_conversation_so_far_goes_to_gemini_with_the_question(
-    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
+    client: httpx.AsyncClient, gemini_url: str, emulator: Emulator
 ) -> None:
     history = [
         {"role": "user", "text": "Which clouds stream?"},
         {"role": "model", "text": "Vertex streams."},
     ]
     body = {"query": "How fast?", "history": history}
-    response = await client.post(f"{gateway_url}/qa", json=body)
+    response = await client.post(f"{gemini_url}/qa", json=body)
     [call] = emulator.calls
     assert [(c.role, [p.text for p in c.parts]) for c in call.request.contents] == [
         ("user", ["Which clouds stream?"]),
@@ -145,10 +145,10 @@ async def test_the_conversation_so_far_goes_to_gemini_with_the_question(
 
 
 async def test_unavailable_before_first_event_is_503(
-    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
+    client: httpx.AsyncClient, gemini_url: str, emulator: Emulator
 ) -> None:
     emulator.reset(Behaviour(fail_first=99, fail_code="UNAVAILABLE"))
-    response = await client.post(f"{gateway_url}/qa", json=QUERY)
+    response = await client.post(f"{gemini_url}/qa", json=QUERY)
 
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/json"
@@ -168,19 +168,19 @@ async def test_unavailable_before_first_event_is_503(
     ],
 )
 async def test_upstream_codes_map_to_statuses(
-    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator, code: str, status: int
+    client: httpx.AsyncClient, gemini_url: str, emulator: Emulator, code: str, status: int
 ) -> None:
     emulator.reset(Behaviour(fail_first=99, fail_code=code))
-    response = await client.post(f"{gateway_url}/qa", json=QUERY)
+    response = await client.post(f"{gemini_url}/qa", json=QUERY)
     assert response.status_code == status
     assert response.json()["error"]["code"] == code.lower()
 
 
 async def test_failure_after_three_chunks_is_an_error_event(
-    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
+    client: httpx.AsyncClient, gemini_url: str, emulator: Emulator
 ) -> None:
     emulator.reset(Behaviour(fail_after=3))
-    response = await client.post(f"{gateway_url}/qa", json=QUERY)
+    response = await client.post(f"{gemini_url}/qa", json=QUERY)
 
     assert response.status_code == 200
     frames = parse_sse(response.content)
@@ -194,19 +194,19 @@ async def test_failure_after_three_chunks_is_an_error_event(
 
 
 async def test_text_format_reports_a_midstream_failure(
-    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
+    client: httpx.AsyncClient, gemini_url: str, emulator: Emulator
 ) -> None:
     emulator.reset(Behaviour(fail_after=2))
-    response = await client.post(f"{gateway_url}/qa?format=text", json={"query": "hi"})
+    response = await client.post(f"{gemini_url}/qa?format=text", json={"query": "hi"})
     expected = "".join(answer_chunks("hi", 8)[:2])
     assert response.text == expected + "\n[error] unavailable: emulated UNAVAILABLE\n"
 
 
 async def test_client_disconnect_cancels_upstream(
-    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
+    client: httpx.AsyncClient, gemini_url: str, emulator: Emulator
 ) -> None:
     emulator.reset(Behaviour(chunks=100, delay_ms=20))
-    async with client.stream("POST", f"{gateway_url}/qa", json=QUERY) as response:
+    async with client.stream("POST", f"{gemini_url}/qa", json=QUERY) as response:
         async for chunk in response.aiter_bytes():
             if b"event: delta" in chunk:
                 break
@@ -214,13 +214,16 @@ async def test_client_disconnect_cancels_upstream(
     assert not emulator.calls[0].completed
 
 
-async def test_config_reaches_the_emulator(client: httpx.AsyncClient, emulator: Emulator) -> None:
+async def test_config_reaches_the_emulator(
+    client: httpx.AsyncClient, emulator: Emulator, transport: str
+) -> None:
     settings = settings_for(
         emulator,
         backends={
             "gemini": {
                 "type": "gemini",
-                "endpoint": emulator.address,
+                "transport": transport,
+                "endpoint": emulator.address_for(transport),
                 "insecure": True,
                 "project": "p1",
                 "location": "europe-west4",

@@ -18,10 +18,11 @@ QUERY = {"query": "Is the gateway resilient?"}
 ANSWER = "".join(answer_chunks(QUERY["query"], 8))
 
 
-def gemini(emulator: Emulator, **policy: Any) -> dict[str, Any]:
+def gemini(emulator: Emulator, transport: str = "rest", **policy: Any) -> dict[str, Any]:
     return {
         "type": "gemini",
-        "endpoint": emulator.address,
+        "transport": transport,
+        "endpoint": emulator.address_for(transport),
         "insecure": True,
         "retry": FAST_RETRY,
         **policy,
@@ -29,10 +30,10 @@ def gemini(emulator: Emulator, **policy: Any) -> dict[str, Any]:
 
 
 async def test_unavailable_twice_then_success(
-    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
+    client: httpx.AsyncClient, gemini_url: str, emulator: Emulator
 ) -> None:
     emulator.reset(Behaviour(fail_first=2, fail_code="UNAVAILABLE"))
-    response = await client.post(f"{gateway_url}/qa", json=QUERY)
+    response = await client.post(f"{gemini_url}/qa", json=QUERY)
 
     assert response.status_code == 200
     frames = parse_sse(response.content)
@@ -43,11 +44,13 @@ async def test_unavailable_twice_then_success(
 
 
 async def test_quota_retried_with_growing_waits_then_429(
-    client: httpx.AsyncClient, emulator: Emulator
+    client: httpx.AsyncClient, emulator: Emulator, transport: str
 ) -> None:
     retry = {"attempts": 4, "initial_s": 0.02, "multiplier": 2, "max_s": 1}
     emulator.reset(Behaviour(fail_first=99, fail_code="RESOURCE_EXHAUSTED"))
-    settings = settings_for(emulator, backends={"gemini": gemini(emulator, retry=retry)})
+    settings = settings_for(
+        emulator, transport, backends={"gemini": gemini(emulator, transport, retry=retry)}
+    )
     async with gateway(settings) as url:
         response = await client.post(f"{url}/qa", json=QUERY)
 
@@ -63,10 +66,10 @@ async def test_quota_retried_with_growing_waits_then_429(
 
 
 async def test_server_retry_delay_is_honoured(
-    client: httpx.AsyncClient, emulator: Emulator
+    client: httpx.AsyncClient, emulator: Emulator, transport: str
 ) -> None:
     emulator.reset(Behaviour(fail_first=1, fail_code="RESOURCE_EXHAUSTED", retry_after_ms=300))
-    settings = settings_for(emulator, backends={"gemini": gemini(emulator)})
+    settings = settings_for(emulator, transport, backends={"gemini": gemini(emulator, transport)})
     async with gateway(settings) as url:
         response = await client.post(f"{url}/qa", json=QUERY)
 
@@ -76,11 +79,13 @@ async def test_server_retry_delay_is_honoured(
 
 
 async def test_retry_after_header_carries_the_server_delay(
-    client: httpx.AsyncClient, emulator: Emulator
+    client: httpx.AsyncClient, emulator: Emulator, transport: str
 ) -> None:
     emulator.reset(Behaviour(fail_first=99, fail_code="UNAVAILABLE", retry_after_ms=2500))
     retry = FAST_RETRY | {"attempts": 1}
-    settings = settings_for(emulator, backends={"gemini": gemini(emulator, retry=retry)})
+    settings = settings_for(
+        emulator, transport, backends={"gemini": gemini(emulator, transport, retry=retry)}
+    )
     async with gateway(settings) as url:
         response = await client.post(f"{url}/qa", json=QUERY)
     assert response.status_code == 503
@@ -98,10 +103,10 @@ async def test_retry_after_header_carries_the_server_delay(
     ],
 )
 async def test_permanent_errors_are_not_retried(
-    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator, code: str, status: int
+    client: httpx.AsyncClient, gemini_url: str, emulator: Emulator, code: str, status: int
 ) -> None:
     emulator.reset(Behaviour(fail_first=99, fail_code=code))
-    response = await client.post(f"{gateway_url}/qa", json=QUERY)
+    response = await client.post(f"{gemini_url}/qa", json=QUERY)
     assert response.status_code == status
     assert response.json()["error"] == {
         "code": code.lower(),
@@ -112,11 +117,13 @@ async def test_permanent_errors_are_not_retried(
 
 
 async def test_first_event_hang_times_out_and_is_retried(
-    client: httpx.AsyncClient, emulator: Emulator
+    client: httpx.AsyncClient, emulator: Emulator, transport: str
 ) -> None:
     emulator.reset(Behaviour(hang_first=1))
     retry = FAST_RETRY | {"first_event_s": 0.2}
-    settings = settings_for(emulator, backends={"gemini": gemini(emulator, retry=retry)})
+    settings = settings_for(
+        emulator, transport, backends={"gemini": gemini(emulator, transport, retry=retry)}
+    )
     async with gateway(settings) as url:
         response = await client.post(f"{url}/qa", json=QUERY)
 
@@ -127,10 +134,12 @@ async def test_first_event_hang_times_out_and_is_retried(
 
 
 async def test_idle_stall_midstream_ends_with_an_error_event(
-    client: httpx.AsyncClient, emulator: Emulator
+    client: httpx.AsyncClient, emulator: Emulator, transport: str
 ) -> None:
     emulator.reset(Behaviour(hang_after=2))
-    settings = settings_for(emulator, backends={"gemini": gemini(emulator, idle_s=0.2)})
+    settings = settings_for(
+        emulator, transport, backends={"gemini": gemini(emulator, transport, idle_s=0.2)}
+    )
     async with gateway(settings) as url:
         response = await client.post(f"{url}/qa", json=QUERY)
 
@@ -143,10 +152,10 @@ async def test_idle_stall_midstream_ends_with_an_error_event(
 
 
 async def test_failure_after_two_chunks_is_never_retried(
-    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
+    client: httpx.AsyncClient, gemini_url: str, emulator: Emulator
 ) -> None:
     emulator.reset(Behaviour(fail_after=2))
-    response = await client.post(f"{gateway_url}/qa", json=QUERY)
+    response = await client.post(f"{gemini_url}/qa", json=QUERY)
 
     frames = parse_sse(response.content)
     assert [kind for _, kind, _ in frames] == ["meta", "delta", "delta", "error"]
@@ -155,14 +164,14 @@ async def test_failure_after_two_chunks_is_never_retried(
 
 
 async def test_fallback_answers_when_the_primary_keeps_failing(
-    client: httpx.AsyncClient, emulator: Emulator
+    client: httpx.AsyncClient, emulator: Emulator, transport: str
 ) -> None:
     emulator.reset(Behaviour(fail_first=3))  # every attempt of the primary
     settings = settings_for(
         emulator,
         backends={
-            "gemini": gemini(emulator, fallback=["backup"]),
-            "backup": gemini(emulator, model="gemini-backup"),
+            "gemini": gemini(emulator, transport, fallback=["backup"]),
+            "backup": gemini(emulator, transport, model="gemini-backup"),
         },
     )
     async with gateway(settings) as url:
@@ -205,9 +214,11 @@ async def test_outage_retries_stay_within_the_budget(emulator: Emulator) -> None
     assert retries > 0
 
 
-async def test_two_hundred_disconnects_leave_nothing_behind(emulator: Emulator) -> None:
+async def test_two_hundred_disconnects_leave_nothing_behind(
+    emulator: Emulator, transport: str
+) -> None:
     emulator.reset(Behaviour(chunks=1000, delay_ms=50))
-    app = create_app(settings_for(emulator))
+    app = create_app(settings_for(emulator, transport))
     async with serve(app) as url:
         baseline = len(asyncio.all_tasks())
         limits = httpx.Limits(max_connections=250)
@@ -240,23 +251,23 @@ async def test_two_hundred_disconnects_leave_nothing_behind(emulator: Emulator) 
     ids=["qa", "chat-completions"],
 )
 async def test_leaving_before_the_first_event_cancels_the_upstream_call(
-    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator, path: str, body: Any
+    client: httpx.AsyncClient, gemini_url: str, emulator: Emulator, path: str, body: Any
 ) -> None:
     """The wait for the first event (often the longest part of an answer) is cancelled with
     the client: the emulator would only send its first chunk after 5 s."""
     emulator.reset(Behaviour(first_delay_ms=5000))
     with pytest.raises(httpx.ReadTimeout):
-        await client.post(f"{gateway_url}{path}", json=body, timeout=0.3)
+        await client.post(f"{gemini_url}{path}", json=body, timeout=0.3)
     assert await wait_for(lambda: emulator.calls and emulator.calls[0].cancelled, timeout=2.0)
     assert emulator.calls[0].chunks_sent == 0
 
 
 async def test_leaving_a_non_streamed_completion_cancels_the_upstream_call(
-    client: httpx.AsyncClient, gateway_url: str, emulator: Emulator
+    client: httpx.AsyncClient, gemini_url: str, emulator: Emulator
 ) -> None:
     emulator.reset(Behaviour(chunks=100, delay_ms=50))
     body = {"model": "gemini", "messages": [{"role": "user", "content": "hi"}]}
     with pytest.raises(httpx.ReadTimeout):
-        await client.post(f"{gateway_url}/v1/chat/completions", json=body, timeout=0.5)
+        await client.post(f"{gemini_url}/v1/chat/completions", json=body, timeout=0.5)
     assert await wait_for(lambda: emulator.calls[0].cancelled, timeout=2.0)
     assert not emulator.calls[0].completed

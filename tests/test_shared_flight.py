@@ -30,7 +30,7 @@ prefix = "{prefix}"
 command_timeout_s = 1.0  # this test is about sharing, not outages: ride out a busy machine
 [backends.gemini]
 type = "gemini"
-endpoint = "{emulator.address}"
+endpoint = "{emulator.rest_address}"
 insecure = true
 """
     )

@@ -23,7 +23,7 @@ default_backend = "gemini"
 shutdown_grace_s = {GRACE_S}
 [backends.gemini]
 type = "gemini"
-endpoint = "{emulator.address}"
+endpoint = "{emulator.rest_address}"
 insecure = true
 """
     )

@@ -21,7 +21,7 @@ from google.cloud.aiplatform_v1 import (
     Segment,
 )
 
-from backends.emulator.server import stream_handler
+from backends.emulator.server import grpc_play, stream_handler
 
 if TYPE_CHECKING:
     from backends.emulator.server import Behaviour, Emulator
@@ -68,7 +68,10 @@ def answer_chunks(query: str, chunks: int) -> list[str]:
     return pieces
 
 
-def _responses(request: GenerateContentRequest, knobs: Behaviour) -> list[GenerateContentResponse]:
+def responses_for(
+    request: GenerateContentRequest, knobs: Behaviour
+) -> list[GenerateContentResponse]:
+    """The answer to ``request`` as the responses of one stream."""
     query = " ".join(part.text for content in request.contents for part in content.parts)
     if knobs.skip_marker and knobs.skip_marker in query:
         blocked = GenerateContentResponse.PromptFeedback.BlockedReason.SAFETY
@@ -110,8 +113,9 @@ def handler(emulator: Emulator) -> grpc.GenericRpcHandler:
         request: GenerateContentRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[GenerateContentResponse]:
         call = emulator.record(METHOD, request)
-        responses = _responses(request, emulator.behaviour)
-        async for response in emulator.play(call, context, responses):
+        call.metadata = dict(context.invocation_metadata() or ())
+        responses = responses_for(request, emulator.behaviour)
+        async for response in grpc_play(emulator, call, context, responses):
             yield response
 
     return stream_handler(

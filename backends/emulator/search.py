@@ -24,7 +24,7 @@ from google.cloud.discoveryengine_v1 import (
     Session,
 )
 
-from backends.emulator.server import stream_handler
+from backends.emulator.server import grpc_play, stream_handler
 
 if TYPE_CHECKING:
     from backends.emulator.server import Behaviour, Emulator
@@ -166,7 +166,7 @@ def handler(emulator: Emulator) -> grpc.GenericRpcHandler:
                 call.session, call.turn = name, emulator.sessions.get(name, 0) + 1
                 session = Session(name=name)
         responses = _responses(request, emulator.behaviour, session)
-        async for response in emulator.play(call, context, responses):
+        async for response in grpc_play(emulator, call, context, responses):
             if call.session is not None and call.turn is not None:
                 emulator.sessions[call.session] = call.turn  # the turn counts once answered
             yield response

@@ -82,6 +82,8 @@ class Call:
     """Agent Builder: the session this call continued or started."""
     turn: int | None = None
     """Agent Builder: which turn of ``session`` this call answers (1 for a new session)."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """The gRPC metadata or HTTP headers the call came with."""
 
 
 @dataclass
@@ -91,29 +93,47 @@ class Emulator:
     behaviour: Behaviour = field(default_factory=Behaviour)
     calls: list[Call] = field(default_factory=list)
     port: int = 0
+    """The gRPC services' port."""
+    rest_port: int = 0
+    """The REST API's port (Gemini ``:streamGenerateContent``)."""
     sessions: dict[str, int] = field(default_factory=dict)
     """Agent Builder sessions: name -> turns answered so far."""
     _server: grpc.aio.Server | None = None
+    _rest: Any = None
     _failures: int = 0
     _hangs: int = 0
 
     @property
     def address(self) -> str:
+        """``host:port`` of the gRPC services."""
         return f"127.0.0.1:{self.port}"
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> Emulator:
-        from backends.emulator import gemini, search
+    @property
+    def rest_address(self) -> str:
+        """``host:port`` of the REST API."""
+        return f"127.0.0.1:{self.rest_port}"
+
+    def address_for(self, protocol: str) -> str:
+        """Where a client of ``protocol`` (``grpc`` or ``rest``) connects."""
+        return self.rest_address if protocol == "rest" else self.address
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0, rest_port: int = 0) -> Emulator:
+        from backends.emulator import gemini, rest, search
 
         self._server = grpc.aio.server()
         self._server.add_generic_rpc_handlers((gemini.handler(self), search.handler(self)))
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         await self._server.start()
+        self._rest, self.rest_port = await rest.start(self, host, rest_port)
         return self
 
     async def stop(self, grace: float | None = None) -> None:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._rest is not None:
+            await self._rest.cleanup()
+            self._rest = None
 
     def reset(self, behaviour: Behaviour | None = None) -> None:
         """Forget calls and sessions; start over with ``behaviour`` (default knobs if None)."""
@@ -131,21 +151,20 @@ class Emulator:
         self.calls.append(call)
         return call
 
-    async def play(
-        self, call: Call, context: grpc.aio.ServicerContext, responses: Sequence[Any]
-    ) -> AsyncIterator[Any]:
-        """Send ``responses`` to the caller, applying the current ``Behaviour``."""
+    async def play(self, call: Call, responses: Sequence[Any]) -> AsyncIterator[Any]:
+        """Hand out ``responses`` as the current ``Behaviour`` says; an injected failure raises
+        ``Fault`` (each protocol renders it its own way)."""
         knobs = self.behaviour
         try:
             if self._failures < knobs.fail_first:
                 self._failures += 1
-                await self._abort(call, context)
+                raise self._fault(call)
             if self._hangs < knobs.hang_first:
                 self._hangs += 1
                 await asyncio.Event().wait()
             for index, response in enumerate(responses):
                 if index == knobs.fail_after:
-                    await self._abort(call, context)
+                    raise self._fault(call)
                 if index == knobs.hang_after:
                     await asyncio.Event().wait()
                 delay = knobs.first_delay_ms if index == 0 else knobs.delay_ms
@@ -158,16 +177,42 @@ class Emulator:
             call.cancelled = True
             raise
 
-    async def _abort(self, call: Call, context: grpc.aio.ServicerContext) -> None:
-        knobs = self.behaviour
-        code = grpc.StatusCode[knobs.fail_code]
-        call.failed = knobs.fail_code
-        status = status_pb2.Status(code=code.value[0], message=f"emulated {knobs.fail_code}")
-        if knobs.retry_after_ms is not None:
-            delay = duration_pb2.Duration()
-            delay.FromMilliseconds(int(knobs.retry_after_ms))
+    def _fault(self, call: Call) -> Fault:
+        call.failed = self.behaviour.fail_code
+        return Fault(self.behaviour.fail_code, self.behaviour.retry_after_ms)
+
+
+async def grpc_play(
+    emulator: Emulator, call: Call, context: grpc.aio.ServicerContext, responses: Sequence[Any]
+) -> AsyncIterator[Any]:
+    """``Emulator.play`` over gRPC: a ``Fault`` aborts the call with its status."""
+    try:
+        async for response in emulator.play(call, responses):
+            yield response
+    except Fault as fault:
+        status = fault.status()
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+class Fault(Exception):
+    """An injected failure: a gRPC status name, and the delay a ``RetryInfo`` asks for."""
+
+    def __init__(self, code: str, retry_after_ms: float | None = None) -> None:
+        super().__init__(code)
+        self.code = code
+        self.retry_after_ms = retry_after_ms
+        self.message = f"emulated {code}"
+
+    def status(self) -> Any:
+        """As a ``grpc.Status`` with Google's error details."""
+        status = status_pb2.Status(code=grpc.StatusCode[self.code].value[0], message=self.message)
+        if self.retry_after_ms is not None:
             detail = any_pb2.Any()
-            detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+            detail.Pack(error_details_pb2.RetryInfo(retry_delay=self.retry_delay()))
             status.details.append(detail)
-        grpc_status = rpc_status.to_status(status)
-        await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)
+        return rpc_status.to_status(status)
+
+    def retry_delay(self) -> duration_pb2.Duration:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(self.retry_after_ms or 0))
+        return delay
