@@ -23,7 +23,7 @@ from pathlib import Path
 import uvloop
 
 from bench import procs, scenarios, streams
-from bench.direct import RawStub, ThroughSdk
+from bench.direct import RawRest, RawStub, ThroughSdk
 from bench.load import Pool
 from bench.report import render
 from bench.summary import Results
@@ -61,9 +61,12 @@ def machine(root: Path, quick: bool) -> list[str]:
         f"- gateway code: {root}, {commit}",
         f"- command: `python -m bench {' '.join(sys.argv[1:])}`"
         + (" (quick smoke run: figures are not meaningful)" if quick else ""),
-        "- direct baseline: a raw `grpc.aio` channel with the protobuf classes behind the "
-        "SDK's messages (`GenerateContentRequest.pb()`), one channel reused; `sdk`: the "
-        "gateway's Gemini backend (the SDK's async client) in the bench process, no HTTP",
+        "- direct baselines: `direct`, one aiohttp session on the emulator's REST API "
+        "(`alt=sse`, orjson per chunk); `direct-grpc`, a raw `grpc.aio` channel with the "
+        "protobuf classes behind the SDK's messages; `sdk`: the gateway's gRPC Gemini backend "
+        "(the SDK's async client) in the bench process, no HTTP",
+        "- `gateway` answers over REST (the default transport), `gateway-grpc` is the same "
+        'gateway with `transport = "grpc"`, both on the same emulator',
         "- load generator: `bench.http_client`, raw asyncio HTTP/1.1 over keep-alive connections, "
         "on uvloop",
     ]
@@ -94,11 +97,24 @@ async def run(args: argparse.Namespace) -> Results:
 
     busy_before, mine_before = procs.machine_busy_s(), procs.cpu_s(os.getpid())
     emulator = procs.EmulatorProcess(work)
-    gateway, port = procs.start_gateway(work, emulator.address, root)
-    direct, sdk = RawStub(emulator.address), ThroughSdk(emulator.address)
-    bench = scenarios.Bench(emulator, gateway, Pool(port), direct, sdk, sizes)
+    gateway, port = procs.start_gateway(work, emulator, root)
+    gateway_grpc, port_grpc = procs.start_gateway(work, emulator, root, "grpc")
+    direct, direct_grpc = RawRest(emulator.rest_address), RawStub(emulator.address)
+    sdk = ThroughSdk(emulator.address)
+    bench = scenarios.Bench(
+        emulator,
+        gateway,
+        Pool(port),
+        gateway_grpc,
+        Pool(port_grpc),
+        direct,
+        direct_grpc,
+        sdk,
+        sizes,
+    )
     try:
         startup = procs.wait_http_ready(gateway, port)
+        procs.wait_http_ready(gateway_grpc, port_grpc)
         idle = scenarios.Idle(startup, procs.rss_kb(gateway.pid))
         log(f"gateway ready in {startup:.2f} s; warming up")
         await scenarios.warm_up(bench)
@@ -116,14 +132,18 @@ async def run(args: argparse.Namespace) -> Results:
             held.append(await streams.open_streams(bench, via_gateway=True))
             held.append(await streams.open_streams(bench, via_gateway=False))
         await scenarios.idle_cost(bench, idle)
-        ours = sum(procs.cpu_s(pid) for pid in (gateway.pid, emulator.pid, os.getpid()))
+        pids = (gateway.pid, gateway_grpc.pid, emulator.pid, os.getpid())
+        ours = sum(procs.cpu_s(pid) for pid in pids)
         others = procs.machine_busy_s() - busy_before - (ours - mine_before)
         others_cores = max(0.0, others) / (time.monotonic() - gateway.started_at)
     finally:
         bench.pool.close()
+        bench.pool_grpc.close()
         await direct.close()
+        await direct_grpc.close()
         await sdk.close()
         gateway.stop()
+        gateway_grpc.stop()
         emulator.stop()
     notes = [
         *machine(root, args.quick),

@@ -17,7 +17,7 @@ from pathlib import Path
 import uvloop
 
 from bench import procs
-from bench.direct import RawStub
+from bench.direct import RawRest
 from bench.load import Pool, Target, direct_target, gateway_target, measure
 from bench.stats import Round, median
 
@@ -26,12 +26,12 @@ async def compare(roots: list[Path], rounds: int, requests: dict[int, int]) -> N
     work = Path(tempfile.mkdtemp(prefix="qa-compare-"))
     emulator = procs.EmulatorProcess(work)
     gateways, pools = [], []
-    direct = RawStub(emulator.address)
+    direct = RawRest(emulator.rest_address)
     try:
         targets: list[tuple[Target, int]] = [(direct_target(direct), os.getpid())]
         for index, root in enumerate(roots):
             (work / str(index)).mkdir()
-            child, port = procs.start_gateway(work / str(index), emulator.address, root)
+            child, port = procs.start_gateway(work / str(index), emulator, root)
             gateways.append(child)
             procs.wait_http_ready(child, port)
             pools.append(pool := Pool(port))

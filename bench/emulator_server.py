@@ -1,7 +1,8 @@
 """The project's emulator in its own process, steerable by the bench over stdin/stdout.
 
-``python -m bench.emulator_server`` serves ``backends.emulator.Emulator`` on a free port (as
-``qa-gateway emulate`` does, on the same default asyncio loop) and prints ``{"port": N}``.
+``python -m bench.emulator_server`` serves ``backends.emulator.Emulator`` on free ports (as
+``qa-gateway emulate`` does, on the same default asyncio loop) and prints
+``{"port": N, "rest_port": M}`` (gRPC, REST).
 Then it answers one JSON line per JSON command line:
 
 - ``{"op": "reset", "behaviour": {...}, "stamp": bool}``: new ``Behaviour`` knobs, calls
@@ -71,7 +72,7 @@ async def serve() -> None:
     gc.collect()
     gc.freeze()
     gc.disable()
-    print(json.dumps({"port": emulator.port}), flush=True)
+    print(json.dumps({"port": emulator.port, "rest_port": emulator.rest_port}), flush=True)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

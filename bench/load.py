@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bench.direct import RawStub, ThroughSdk
+from bench.direct import RawRest, RawStub, ThroughSdk
 from bench.http_client import Connection, Exchange, qa_request
 from bench.procs import cpu_s, machine_busy_s
 from bench.stats import Round, summarise
@@ -35,6 +35,8 @@ class Target:
     send: Send
     overhead_frames: int
     """Frames per answer that are not answer events (SSE ``meta`` and ``done``)."""
+    server_pid: int | None = None
+    """The gateway process serving this target: its CPU is noted as ``gateway``."""
 
 
 class Pool:
@@ -71,11 +73,13 @@ class Pool:
         self.used.clear()
 
 
-def direct_target(direct: RawStub) -> Target:
+def direct_target(direct: RawRest | RawStub) -> Target:
+    """``direct`` (REST) or ``direct-grpc``."""
+
     async def send(number: int, worker: int) -> Exchange:
         return await direct.ask(fresh_query("direct"))
 
-    return Target("direct", send, 0)
+    return Target("direct" if isinstance(direct, RawRest) else "direct-grpc", send, 0)
 
 
 def sdk_target(sdk: ThroughSdk) -> Target:
@@ -85,8 +89,10 @@ def sdk_target(sdk: ThroughSdk) -> Target:
     return Target("sdk", send, 1)
 
 
-def gateway_target(pool: Pool, *, repeat: str | None = None, name: str = "gateway") -> Target:
-    """Fresh queries (miss), or ``repeat`` every time (hit once cached)."""
+def gateway_target(
+    pool: Pool, *, repeat: str | None = None, name: str = "gateway", pid: int | None = None
+) -> Target:
+    """Fresh queries (miss), or ``repeat`` every time (hit once cached); ``pid`` serves it."""
     fixed = qa_request(repeat) if repeat is not None else None
 
     async def send(number: int, worker: int) -> Exchange:
@@ -94,7 +100,7 @@ def gateway_target(pool: Pool, *, repeat: str | None = None, name: str = "gatewa
         connection = await pool.get(worker)
         return await connection.send(request)
 
-    return Target(name, send, 2)
+    return Target(name, send, 2, pid)
 
 
 async def closed_loop(send: Send, requests: int, concurrency: int) -> tuple[list[Exchange], float]:
@@ -113,6 +119,8 @@ async def closed_loop(send: Send, requests: int, concurrency: int) -> tuple[list
 
 async def measure(target: Target, requests: int, concurrency: int, watch: dict[str, int]) -> Round:
     """One round against ``target``; ``watch`` names the pids whose CPU time is noted."""
+    if target.server_pid is not None:
+        watch = watch | {"gateway": target.server_pid}
     before = {name: cpu_s(pid) for name, pid in watch.items()}
     busy = machine_busy_s()
     exchanges, wall_s = await closed_loop(target.send, requests, concurrency)

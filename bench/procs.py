@@ -123,6 +123,8 @@ class EmulatorProcess:
         first = self._read()
         self.port = int(first["port"])
         self.address = f"127.0.0.1:{self.port}"
+        """gRPC."""
+        self.rest_address = f"127.0.0.1:{first['rest_port']}"
 
     @property
     def pid(self) -> int:
@@ -156,15 +158,20 @@ default_backend = "gemini"
 
 [backends.gemini]
 type = "gemini"
+transport = "{transport}"
 endpoint = "{address}"
 insecure = true
 """
 
 
-def start_gateway(workdir: Path, upstream: str, root: Path | None) -> tuple[Child, int]:
-    """``qa-gateway serve`` on a free port against ``upstream``; from ``root`` if given."""
-    config = workdir / "gateway.toml"
-    config.write_text(GATEWAY_CONFIG.format(address=upstream))
+def start_gateway(
+    workdir: Path, emulator: EmulatorProcess, root: Path | None, transport: str = "rest"
+) -> tuple[Child, int]:
+    """``qa-gateway serve`` on a free port, its Gemini backend on ``emulator`` over
+    ``transport``; from ``root`` if given."""
+    address = emulator.rest_address if transport == "rest" else emulator.address
+    config = workdir / f"gateway-{transport}.toml"
+    config.write_text(GATEWAY_CONFIG.format(address=address, transport=transport))
     port = free_port()
     argv = [
         sys.executable,
@@ -178,7 +185,7 @@ def start_gateway(workdir: Path, upstream: str, root: Path | None) -> tuple[Chil
         "--port",
         str(port),
     ]
-    return _spawn("gateway", argv, workdir, cwd=root), port
+    return _spawn(f"gateway-{transport}", argv, workdir, cwd=root), port
 
 
 def start_trivial(workdir: Path, events: int) -> tuple[Child, int]:

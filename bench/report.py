@@ -82,7 +82,9 @@ def _latency(rounds: list[Round]) -> list[str]:
                     _f(med(series, lambda r: r.others_cores)),
                 ]
             )
-        for target in paths[1:]:
+        for target in paths:
+            if target.startswith("direct"):
+                continue
             rows.append(
                 [str(concurrency), f"**added by {target}**"]
                 + [f"**{_f(added(rounds, m, concurrency, target))}**" for m in METRICS]
@@ -92,7 +94,8 @@ def _latency(rounds: list[Round]) -> list[str]:
         f"## Latency, ms (medians of {count} interleaved rounds; p50/p99 within each round)",
         "",
         "First = time to the first answer event, last = to the last byte. "
-        "Added = gateway minus direct, paired round by round. At concurrency 32 every path "
+        "Added = the path minus its direct baseline (`direct` for REST paths, `direct-grpc` "
+        "for gRPC ones), paired round by round. At concurrency 32 every path "
         "runs the 2 cores at saturation (see the emulator's CPU below), so those rows show "
         "queueing more than added work.",
         "",
@@ -129,7 +132,8 @@ def _cpu(rounds: list[Round]) -> list[str]:
     return [
         "## CPU time per answer, ms (process CPU / answers; medians of rounds)",
         "",
-        "For `direct` and `sdk` the bench column is the client itself: a raw gRPC channel, "
+        "For `direct`, `direct-grpc` and `sdk` the bench column is the client itself: raw "
+        "aiohttp on the REST API, a raw gRPC channel, "
         "and the gateway's Gemini backend on the SDK without HTTP.",
         "",
         *_table(["conc.", "path", "gateway", "emulator", "bench (load generator)"], rows),

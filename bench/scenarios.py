@@ -9,7 +9,7 @@ import asyncio
 import os
 from dataclasses import dataclass, field
 
-from bench.direct import RawStub, ThroughSdk
+from bench.direct import RawRest, RawStub, ThroughSdk
 from bench.http_client import Connection, qa_request
 from bench.load import (
     Pool,
@@ -56,8 +56,13 @@ class Bench:
 
     emulator: EmulatorProcess
     gateway: Child
+    """Gemini over REST (the default transport)."""
     pool: Pool
-    direct: RawStub
+    gateway_grpc: Child
+    """The same gateway with ``transport = "grpc"``."""
+    pool_grpc: Pool
+    direct: RawRest
+    direct_grpc: RawStub
     sdk: ThroughSdk
     sizes: Sizes
     watch: dict[str, int] = field(default_factory=dict)
@@ -94,23 +99,35 @@ async def cache_probe(bench: Bench) -> str | None:
     return None
 
 
+def paths(bench: Bench) -> list[Target]:
+    """Every path a miss can take: direct and through the gateway, over REST and gRPC."""
+    grpc_pid = bench.gateway_grpc.pid
+    return [
+        direct_target(bench.direct),
+        direct_target(bench.direct_grpc),
+        sdk_target(bench.sdk),
+        gateway_target(bench.pool, pid=bench.gateway.pid),
+        gateway_target(bench.pool_grpc, name="gateway-grpc", pid=grpc_pid),
+    ]
+
+
 async def warm_up(bench: Bench) -> None:
     await bench.pool.grow(32)
-    for target in (direct_target(bench.direct), sdk_target(bench.sdk), gateway_target(bench.pool)):
+    await bench.pool_grpc.grow(32)
+    for target in paths(bench):
         await measure(target, 100, 1, bench.watch)
         await measure(target, 200, 32, bench.watch)
 
 
 async def interleaved(bench: Bench, hit_query: str | None) -> list[Round]:
-    """``rounds`` times: direct, SDK alone, gateway miss, gateway hit; at concurrency 1,
-    then 32."""
-    targets: list[Target] = [
-        direct_target(bench.direct),
-        sdk_target(bench.sdk),
-        gateway_target(bench.pool),
-    ]
+    """``rounds`` times: direct (REST, gRPC), SDK alone, gateway miss (REST, gRPC),
+    gateway hit; at concurrency 1, then 32."""
+    targets = paths(bench)
     if hit_query is not None:
-        targets.append(gateway_target(bench.pool, repeat=hit_query, name="gateway-hit"))
+        hit = gateway_target(
+            bench.pool, repeat=hit_query, name="gateway-hit", pid=bench.gateway.pid
+        )
+        targets.append(hit)
     sizes = bench.sizes
     rounds: list[Round] = []
     for _ in range(sizes.rounds):

@@ -38,11 +38,16 @@ def med_cpu(rounds: list[Round], process: str) -> float:
     return median([r.cpu_per_answer_ms(process) for r in rounds])
 
 
+def baseline(target: str) -> str:
+    """The direct path a target is compared with: the gRPC one for gRPC paths."""
+    return "direct-grpc" if target.endswith("-grpc") or target == "sdk" else "direct"
+
+
 def added(rounds: list[Round], metric: str, concurrency: int, target: str = "gateway") -> float:
-    """Median over rounds of (target - direct) for ``metric``, rounds paired in order."""
+    """Median over rounds of (target - its direct baseline) for ``metric``, paired in order."""
     pairs = zip(
         rounds_of(rounds, target, concurrency),
-        rounds_of(rounds, "direct", concurrency),
+        rounds_of(rounds, baseline(target), concurrency),
         strict=False,
     )
     return median([getattr(g, metric) - getattr(d, metric) for g, d in pairs])
