@@ -9,6 +9,7 @@ HTTP status with its error JSON before the stream, an ``{"error": ...}`` chunk a
 
 from __future__ import annotations
 
+import functools
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -94,8 +95,18 @@ async def _stream_generate_content(request: web.Request) -> web.StreamResponse:
 
 
 def _chunk(response: GenerateContentResponse, sse: bool, *, first: bool) -> bytes:
-    body = json_format.MessageToDict(GenerateContentResponse.pb(response))
-    return _frame(orjson.dumps(body), sse, first=first)
+    return _frame(
+        _json_of(GenerateContentResponse.pb(response).SerializeToString()), sse, first=first
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_of(serialized: bytes) -> bytes:
+    """A response's JSON form, by its wire form: answers are made of few distinct chunks, and
+    ``json_format`` is pure Python (it would cost the emulator more than the gateway)."""
+    message = GenerateContentResponse.pb()()
+    message.ParseFromString(serialized)
+    return orjson.dumps(json_format.MessageToDict(message))
 
 
 def _frame(body: bytes, sse: bool, *, first: bool) -> bytes:
