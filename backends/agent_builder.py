@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backends.base import Citation, Delta, Done, Event, PermanentError, QARequest, Source, error_for
 from backends.connection import ConnectionConfig, SdkClient
+from backends.requests import RequestSettings
 from backends.text import char_index, unseen_text
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -65,6 +66,8 @@ class AgentBuilderConfig(ConnectionConfig):
     """Ask for related questions; they ride on ``done``."""
     user_pseudo_id: str | None = Field(None, min_length=1, max_length=128)
     """Visitor id Google uses for tracking and personalisation."""
+    requests: RequestSettings = RequestSettings()
+    """What one request may set: ``system``, as the answer's preamble."""
 
     @model_validator(mode="after")
     def _one_source(self) -> AgentBuilderConfig:
@@ -90,6 +93,8 @@ class AgentBuilderConfig(ConnectionConfig):
 class AgentBuilderBackend:
     """Streams one search answer per request over one reused gRPC channel."""
 
+    parameters = frozenset({"system"})
+
     def __init__(self, name: str, config: AgentBuilderConfig) -> None:
         self.name = name
         self.model = f"{config.engine or config.data_store}/{config.serving_config}"
@@ -110,8 +115,12 @@ class AgentBuilderBackend:
         session_id = request.session_id or "-"
         if not _SESSION_ID.fullmatch(session_id):
             raise PermanentError("invalid_argument", "session_id: letters, digits, _ and - only")
+        self.config.requests.check(request, self.parameters)
         grpc_request = AnswerQueryRequest(self._template)
         grpc_request.query = Query(text=request.query)
+        if request.system is not None:
+            preamble = self.config.requests.instruction(self.config.answer.preamble, request.system)
+            grpc_request.answer_generation_spec.prompt_spec.preamble = preamble or ""
         grpc_request.session = f"{self._sessions}/{session_id}"
         reader = AnswerReader()
         try:

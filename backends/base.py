@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,15 +30,49 @@ class Turn:
     text: str
 
 
+class Generation(BaseModel):
+    """Generation settings one request sets over the backend's configured ones (unset
+    fields keep those)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, gt=0)
+    max_output_tokens: int | None = Field(None, gt=0)
+    stop_sequences: list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, lt=2)
+    frequency_penalty: float | None = Field(None, ge=-2, lt=2)
+    response_mime_type: str | None = None
+    """``application/json`` for a JSON answer."""
+    response_schema: dict[str, Any] | None = None
+    """A JSON Schema the answer follows (with ``response_mime_type = "application/json"``)."""
+
+    def given(self) -> dict[str, Any]:
+        """The fields this request sets."""
+        return self.model_dump(exclude_none=True)
+
+
 @dataclass(frozen=True, slots=True)
 class QARequest:
     """One question. A conversation goes on either through ``history``, the turns before the
     question, for backends that are sent the conversation (Gemini), or through
-    ``session_id`` where the backend keeps it (Agent Builder, which ignores ``history``)."""
+    ``session_id`` where the backend keeps it (Agent Builder, which ignores ``history``).
+    ``generation`` and ``system`` shape this answer over the backend's configuration."""
 
     query: str
     session_id: str | None = None
     history: tuple[Turn, ...] = ()
+    generation: Generation | None = None
+    system: str | None = None
+    """Instructions for this answer (joined to or replacing the configured ones)."""
+
+    def parameters(self) -> dict[str, Any]:
+        """What this request sets beyond the conversation, by parameter name (``system``
+        and the ``Generation`` fields): part of what makes its answer."""
+        given = self.generation.given() if self.generation is not None else {}
+        return given | ({"system": self.system} if self.system is not None else {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +109,10 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int | None = None
+    """Of the prompt's, those read from a context cache."""
+    reasoning_tokens: int | None = None
+    """Tokens the model spent thinking (not in ``completion_tokens``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +174,8 @@ class Backend(Protocol):
     name: str
     model: str  # what answers, for ``meta`` (a model id or a serving config)
     emulated: bool
+    parameters: frozenset[str]
+    """The request parameters it can honour (``QARequest.parameters`` names)."""
 
     def stream(self, request: QARequest) -> AsyncGenerator[Event, None]:
         """Answer ``request`` as events; cancel the upstream call when closed early."""

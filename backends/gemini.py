@@ -18,7 +18,7 @@ from google.cloud.aiplatform_v1 import (
 from google.cloud.aiplatform_v1.services.prediction_service.transports.grpc_asyncio import (
     PredictionServiceGrpcAsyncIOTransport,
 )
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from backends.base import (
     Backend,
@@ -26,29 +26,24 @@ from backends.base import (
     Delta,
     Done,
     Event,
+    Generation,
     QARequest,
     Source,
     Usage,
 )
 from backends.connection import ConnectionConfig, SdkClient
+from backends.requests import GENERATION, RequestSettings
 from backends.text import char_index
 
 
-class GenerationSettings(BaseModel):
+class GenerationSettings(Generation):
     """The subset of ``GenerationConfig`` users tune; unset fields keep Google's defaults."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    max_output_tokens: int | None = Field(None, gt=0)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, gt=0)
     candidate_count: int | None = Field(None, gt=0)
-    stop_sequences: list[str] = []
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    seed: int | None = None
-    response_mime_type: str | None = None
+
+
+PARAMETERS = GENERATION | {"system"}
+"""Gemini honours every request parameter."""
 
 
 _THRESHOLDS = frozenset(SafetySetting.HarmBlockThreshold.__members__)
@@ -71,6 +66,8 @@ class GeminiConfig(ConnectionConfig):
     """Harm category -> block threshold, by their API names (``HARM_CATEGORY_HATE_SPEECH =
     "BLOCK_ONLY_HIGH"``)."""
     system_instruction: str | None = None
+    requests: RequestSettings = RequestSettings()
+    """What one request may set (``generation``, ``system``)."""
 
     @field_validator("safety")
     @classmethod
@@ -111,6 +108,8 @@ class GeminiConfig(ConnectionConfig):
 class GeminiBackend:
     """Streams one Gemini answer per request over one reused gRPC channel."""
 
+    parameters = PARAMETERS
+
     def __init__(self, name: str, config: GeminiConfig) -> None:
         self.name = name
         self.model = config.model
@@ -125,9 +124,21 @@ class GeminiBackend:
         return self.config.cache_identity()
 
     async def stream(self, request: QARequest) -> AsyncGenerator[Event, None]:
+        self.config.requests.check(request, PARAMETERS)
         # The raw protobuf, then wrapped: proto-plus would marshal the question field by field.
         message = GenerateContentRequest.pb()()
         message.CopyFrom(self._template)
+        overrides = generation_fields(request.generation)
+        if overrides:
+            for field in overrides:  # a request's value replaces the configured one
+                message.generation_config.ClearField(field)
+            message.generation_config.MergeFrom(GenerationConfig.pb(GenerationConfig(**overrides)))
+        if request.system is not None:
+            instruction = self.config.requests.instruction(
+                self.config.system_instruction, request.system
+            )
+            message.system_instruction.Clear()
+            message.system_instruction.parts.add(text=instruction)
         for turn in request.history:
             message.contents.add(role=turn.role).parts.add(text=turn.text)
         message.contents.add(role="user").parts.add(text=request.query)
@@ -166,7 +177,11 @@ class ResponseReader:
         if response.HasField("usage_metadata"):
             meta = response.usage_metadata
             self.usage = Usage(
-                meta.prompt_token_count, meta.candidates_token_count, meta.total_token_count
+                meta.prompt_token_count,
+                meta.candidates_token_count,
+                meta.total_token_count,
+                meta.cached_content_token_count or None,
+                meta.thoughts_token_count or None,
             )
         if response.HasField("prompt_feedback") and response.prompt_feedback.block_reason:
             feedback = response.prompt_feedback
@@ -223,11 +238,20 @@ def _chunk_source(chunk: Any) -> Source | None:
     return Source(found.title, found.uri, snippet)
 
 
+def generation_fields(settings: Generation | None) -> dict[str, Any]:
+    """Generation settings (a request's, or the configured ones) by ``GenerationConfig``
+    field name."""
+    given = settings.given() if settings is not None else {}
+    if "response_schema" in given:  # a JSON Schema: the field that takes one as it is
+        given["response_json_schema"] = given.pop("response_schema")
+    return given
+
+
 def request_template(config: GeminiConfig) -> GenerateContentRequest:
     """Everything but the question, built once from config."""
     template = GenerateContentRequest(
         model=config.model_path(),
-        generation_config=GenerationConfig(**config.generation.model_dump(exclude_none=True)),
+        generation_config=GenerationConfig(**generation_fields(config.generation)),
         safety_settings=[
             SafetySetting(category=category, threshold=threshold)
             for category, threshold in config.safety.items()

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from google.cloud.aiplatform_v1 import GenerateContentRequest
+from google.cloud.aiplatform_v1 import GenerateContentRequest, GenerationConfig
 from google.protobuf import json_format
 from yarl import URL
 
@@ -27,16 +27,25 @@ from backends.base import (
     Usage,
     error_for,
 )
-from backends.gemini import GeminiConfig, ResponseReader, request_template
+from backends.gemini import (
+    PARAMETERS,
+    GeminiConfig,
+    ResponseReader,
+    generation_fields,
+    request_template,
+)
 from backends.rest import BearerTokens, google_error, http_error
 from backends.text import char_index
 
+_JSON_NAMES = {f.name: f.json_name for f in GenerationConfig.pb().DESCRIPTOR.fields}
 POOL_SIZE = 10_000
 """Connections one backend keeps open at most (each streams one answer at a time)."""
 
 
 class GeminiRestBackend:
     """Streams one Gemini answer per request over a pool of keep-alive HTTP connections."""
+
+    parameters = PARAMETERS
 
     def __init__(self, name: str, config: GeminiConfig, credentials: Any = None) -> None:
         """``credentials``: google-auth credentials to use instead of Application Default
@@ -50,7 +59,7 @@ class GeminiRestBackend:
         self._url = URL(f"{scheme}://{config.address()}{path}?alt=sse")  # parsed once
         template = json_format.MessageToDict(GenerateContentRequest.pb(request_template(config)))
         del template["model"]  # it is in the URL
-        self._template = template
+        self._template: dict[str, Any] = template
         self._tokens = None
         if credentials is not None or not config.insecure:
             self._tokens = BearerTokens(credentials, config.quota_project)
@@ -60,9 +69,7 @@ class GeminiRestBackend:
         return self.config.cache_identity()
 
     async def stream(self, request: QARequest) -> AsyncGenerator[Event, None]:
-        contents = [{"role": turn.role, "parts": [{"text": turn.text}]} for turn in request.history]
-        contents.append({"role": "user", "parts": [{"text": request.query}]})
-        body = orjson.dumps(self._template | {"contents": contents})
+        body = orjson.dumps(self._body(request))
         headers = {"Content-Type": "application/json"}
         if self._tokens is not None:
             headers |= await self._tokens.headers()
@@ -86,6 +93,23 @@ class GeminiRestBackend:
             if response is not None:
                 response.close()  # a half-read connection never goes back to the pool
         yield reader.done()
+
+    def _body(self, request: QARequest) -> dict[str, Any]:
+        """The template with the conversation, and what the request sets, spliced in."""
+        contents = [{"role": turn.role, "parts": [{"text": turn.text}]} for turn in request.history]
+        contents.append({"role": "user", "parts": [{"text": request.query}]})
+        body = self._template | {"contents": contents}
+        if request.generation is not None or request.system is not None:
+            requests = self.config.requests
+            requests.check(request, PARAMETERS)
+            overrides = generation_fields(request.generation)
+            if overrides:
+                renamed = {_JSON_NAMES[name]: value for name, value in overrides.items()}
+                body["generationConfig"] = body.get("generationConfig", {}) | renamed
+            if request.system is not None:
+                text = requests.instruction(self.config.system_instruction, request.system)
+                body["systemInstruction"] = {"parts": [{"text": text}]}
+        return body
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:  # inside the running loop, which the session belongs to
@@ -135,6 +159,8 @@ class JsonResponseReader(ResponseReader):
                 meta.get("promptTokenCount", 0),
                 meta.get("candidatesTokenCount", 0),
                 meta.get("totalTokenCount", 0),
+                meta.get("cachedContentTokenCount"),
+                meta.get("thoughtsTokenCount"),
             )
         blocked = response.get("promptFeedback", {}).get("blockReason")
         if blocked:

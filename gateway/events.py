@@ -26,11 +26,16 @@ def event_body(event: Event) -> Body:
         }
     body: Body = {"finish_reason": event.finish_reason, "usage": None}
     if event.usage is not None:
+        usage = event.usage
         body["usage"] = {
-            "prompt_tokens": event.usage.prompt_tokens,
-            "completion_tokens": event.usage.completion_tokens,
-            "total_tokens": event.usage.total_tokens,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
         }
+        if usage.cached_tokens is not None:
+            body["usage"]["cached_tokens"] = usage.cached_tokens
+        if usage.reasoning_tokens is not None:
+            body["usage"]["reasoning_tokens"] = usage.reasoning_tokens
     if event.session_id is not None:
         body["session_id"] = event.session_id
     if event.skip_reasons:
@@ -51,7 +56,13 @@ def event_from_body(kind: str, body: Body) -> Event:
         usage = body["usage"]
         return Done(
             body["finish_reason"],
-            Usage(usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])
+            Usage(
+                usage["prompt_tokens"],
+                usage["completion_tokens"],
+                usage["total_tokens"],
+                usage.get("cached_tokens"),
+                usage.get("reasoning_tokens"),
+            )
             if usage is not None
             else None,
             body.get("session_id"),

@@ -151,11 +151,14 @@ async def test_the_last_user_message_is_the_query_after_the_conversation(
         ("user", ["An earlier question"]),
         ("model", ["An earlier answer"]),
         ("user", [QUERY]),
-    ]  # the system message is not sent: the backend's own instruction stands
-    # Sampling fields are ignored: the backend's own configuration decides.
-    assert call.request.generation_config.max_output_tokens == 0
-    answer = answer_chunks(f"An earlier question An earlier answer {QUERY}", 8)
+    ]
+    assert [p.text for p in call.request.system_instruction.parts] == ["Be terse."]
+    sent = call.request.generation_config
+    assert (sent.max_output_tokens, sent.top_p) == (3, pytest.approx(0.5))
+    assert sent.temperature == pytest.approx(0.1)
+    answer = answer_chunks(f"An earlier question An earlier answer {QUERY}", 8)[:3]
     assert completion.choices[0].message.content == "".join(answer)
+    assert completion.choices[0].finish_reason == "length"
 
 
 async def test_failure_midstream_raises_api_error(
@@ -249,13 +252,9 @@ async def test_unknown_model_is_not_found(client: openai.AsyncOpenAI) -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"n": 2}, "n: Input should be 1"),
+        ({"n": 0}, "n: Input should be greater than or equal to 1"),
         ({"messages": []}, "messages: List should have at least 1 item"),
         ({"messages": [{"role": "system", "content": "hi"}]}, "messages: there is no user message"),
-        (
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-            "messages: only text content is supported",
-        ),
         ({"messages": [{"role": "user", "content": " "}]}, "messages: must not be empty or blank"),
     ],
 )
@@ -284,12 +283,14 @@ async def test_models_are_the_configured_backends(client: openai.AsyncOpenAI) ->
     ]
 
 
-async def test_skipped_answer_is_an_empty_stop_with_reasons(client: openai.AsyncOpenAI) -> None:
+async def test_skipped_answer_is_an_empty_content_filter_with_reasons(
+    client: openai.AsyncOpenAI,
+) -> None:
     completion = await client.chat.completions.create(
         model="search", messages=[{"role": "user", "content": "hello [skip]"}]
     )
     assert completion.choices[0].message.content == ""
-    assert completion.choices[0].finish_reason == "stop"
+    assert completion.choices[0].finish_reason == "content_filter"
     assert extra(completion, "skip_reasons") == [
         "non_answer_seeking_query_ignored",
         "no_relevant_content",

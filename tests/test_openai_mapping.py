@@ -18,7 +18,7 @@ from gateway.http.openai import Message, Part, conversation
         ("safety", "content_filter"),
         ("recitation", "content_filter"),
         ("prohibited_content", "content_filter"),
-        ("skipped", "stop"),
+        ("skipped", "content_filter"),
         ("other", "stop"),
     ],
 )
@@ -41,11 +41,21 @@ def test_the_last_user_message_is_the_query_and_the_turns_before_it_the_history(
     assert conversation(messages) == (
         "second",
         (Turn("user", "first"), Turn("model", "an answer")),
+        "Be terse.",
     )
 
 
+def test_system_and_developer_messages_are_the_instructions() -> None:
+    messages = [
+        Message(role="system", content="Be terse."),
+        Message(role="developer", content=[Part(type="text", text="Answer in French.")]),
+        Message(role="user", content="hi"),
+    ]
+    assert conversation(messages)[2] == "Be terse.\n\nAnswer in French."
+
+
 def test_a_message_without_content_is_empty() -> None:
-    assert conversation([Message(role="user")]) == ("", ())
+    assert conversation([Message(role="user")]) == ("", (), None)
 
 
 @pytest.mark.parametrize(
@@ -62,8 +72,10 @@ def test_no_user_message_is_refused(messages: list[Message]) -> None:
 
 def test_only_text_turns_can_be_sent() -> None:
     image = Message(role="user", content=[Part(type="image_url")])
-    with pytest.raises(HTTPProblem, match="only text content"):
+    with pytest.raises(HTTPProblem, match="image_url content is not supported") as raised:
         conversation([image, Message(role="user", content="and this?")])
+    assert (raised.value.status, raised.value.code) == (400, "unsupported_parameter")
+    assert raised.value.param == "messages"
 
 
 def test_done_extensions_leave_out_what_openai_fields_carry() -> None:

@@ -110,7 +110,12 @@ async def test_thoughts_are_never_answer_text_and_sources_become_citations(
         "done",
         {
             "finish_reason": "stop",
-            "usage": {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6},
+            "usage": {
+                "prompt_tokens": 2,
+                "completion_tokens": 4,
+                "total_tokens": 6,
+                "reasoning_tokens": 4,  # what the thoughts cost, as Google counts them
+            },
         },
     )
 

@@ -102,6 +102,7 @@ def responses_for(
         prompt_token_count=len(query.split()),
         candidates_token_count=len(pieces),
         total_token_count=len(query.split()) + len(pieces),
+        thoughts_token_count=len(pieces) if knobs.thoughts else 0,
     )
     return responses
 

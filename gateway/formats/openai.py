@@ -1,10 +1,10 @@
 """The OpenAI chat completion shapes of an answer: ``chat.completion.chunk`` events, or one
 ``chat.completion``.
 
-- ``finish_reason``: ``max_tokens`` -> ``length``; safety-like reasons -> ``content_filter``;
-  everything else -> ``stop``. An answer the upstream declined (``skipped``) is an empty
-  ``stop`` with the extension field ``skip_reasons``; ``session_id`` and
-  ``related_questions`` ride alike.
+- ``finish_reason``: ``max_tokens`` -> ``length``; safety-like reasons and an answer the
+  upstream declined (``skipped``, with the extension field ``skip_reasons``) ->
+  ``content_filter``; everything else -> ``stop``. ``session_id`` and ``related_questions``
+  ride as extension fields.
 - Citations ride in the extension field ``citations``: ``[{"start", "end", "sources"}]``.
   Streaming puts each on a chunk of its own (with an empty delta); a completion carries all.
 - Usage is the upstream's count, or ``null`` where the backend reports none.
@@ -25,7 +25,7 @@ from backends.base import Citation, Delta, Done, PermanentError, TransientError
 from gateway.events import Body, event_body
 from gateway.formats.base import Failure, Head, Outcomes
 
-_CONTENT_FILTER = ("safety", "recitation", "blocklist", "prohibited_content", "spii")
+_CONTENT_FILTER = ("safety", "recitation", "blocklist", "prohibited_content", "spii", "skipped")
 _FINISH = {"max_tokens": "length"} | dict.fromkeys(_CONTENT_FILTER, "content_filter")
 _DONE = b"data: [DONE]\n\n"
 
@@ -33,6 +33,19 @@ _DONE = b"data: [DONE]\n\n"
 def finish_reason(reason: str) -> str:
     """The OpenAI ``finish_reason`` for a ``Done.finish_reason``."""
     return _FINISH.get(reason, "stop")
+
+
+def usage_of(done: Done) -> Body | None:
+    """``done``'s usage in OpenAI's shape, with the token details Google reported."""
+    usage: Body | None = event_body(done)["usage"]
+    if usage is None:
+        return None
+    cached, reasoning = usage.pop("cached_tokens", None), usage.pop("reasoning_tokens", None)
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    if reasoning is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
 
 
 def done_extensions(done: Done) -> Body:
@@ -90,7 +103,7 @@ class ChatChunks:
                     extensions = done_extensions(item)
                     lines.append(reply.chunk({}, finish_reason(item.finish_reason), **extensions))
                     if self.include_usage:
-                        usage = event_body(item)["usage"]
+                        usage = usage_of(item)
                         lines.append(_data(reply.body("chat.completion.chunk", [], usage=usage)))
                     lines.append(_DONE)
             yield b"".join(lines)  # what was ready together, in one write
@@ -123,7 +136,7 @@ class ChatCompletion:
             Reply.to(head).body(
                 "chat.completion",
                 [choice],
-                usage=event_body(end)["usage"],
+                usage=usage_of(end),
                 citations=[event_body(i) for i in items if isinstance(i, Citation)],
                 **done_extensions(end),
             )

@@ -21,6 +21,7 @@ from backends.base import BackendError
 log = logging.getLogger("gateway")
 _UPSTREAM_STATUS = {
     "invalid_argument": 400,
+    "unsupported_parameter": 400,
     "failed_precondition": 400,
     "out_of_range": 400,
     "session_not_found": 404,
@@ -41,13 +42,16 @@ class HTTPProblem(Exception):
         *,
         retryable: bool | None = None,
         headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> None:
+        """``param``: the request field at fault, where it helps (OpenAI clients read it)."""
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.retryable = retryable
         self.headers = headers or {}
+        self.param = param
 
     @classmethod
     def from_backend(cls, error: BackendError) -> HTTPProblem:
@@ -62,6 +66,8 @@ class HTTPProblem(Exception):
         body: dict[str, object] = {"code": self.code, "message": self.message}
         if self.retryable is not None:
             body["retryable"] = self.retryable
+        if self.param is not None:
+            body["param"] = self.param
         return Response(
             orjson.dumps({"error": body}),
             status_code=self.status,

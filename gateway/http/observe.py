@@ -135,6 +135,8 @@ class Observed:
             "duration_ms": _ms(time.perf_counter() - trace.started),
             "outcome": trace.outcome,
         }
+        if trace.user is not None:
+            line["user"] = trace.user
         if self.log_queries and trace.query is not None:
             line["query"] = trace.query
         return line

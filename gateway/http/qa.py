@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from backends.base import QARequest, Turn
+from backends.base import Generation, QARequest, Turn
 from gateway import formats
 from gateway.http import openapi
 from gateway.http.errors import HTTPProblem
@@ -46,6 +46,17 @@ class QABody(BaseModel):
         description="The conversation so far, oldest first, for backends that are sent it "
         "(Gemini); Agent Builder keeps its own through `session_id`.",
     )
+    generation: Generation | None = Field(
+        None,
+        description="Generation settings for this answer, over the backend's configured ones "
+        "(what a backend accepts: its `[requests]` config).",
+    )
+    system: str | None = Field(
+        None,
+        min_length=1,
+        description="Instructions for this answer, after the backend's configured ones "
+        "(or instead of them, as the backend is configured).",
+    )
 
 
 class QAEndpoint:
@@ -65,7 +76,7 @@ class QAEndpoint:
         body = await read_body(request, QABody)
         check_query(request, body.query)
         history = tuple(Turn(turn.role, turn.text) for turn in body.history)
-        question = QARequest(body.query, body.session_id, history)
+        question = QARequest(body.query, body.session_id, history, body.generation, body.system)
         await deliver(request, send, question, body.backend, chosen)
 
 

@@ -71,7 +71,14 @@ class Cached:
             return await self.inner.open(ask)  # follow-up turns depend on the conversation
         question = ask.request
         tenant = ask.principal.tenant
-        key = cache_key(self.prefix, self.identity, question.query, tenant, question.history)
+        key = cache_key(
+            self.prefix,
+            self.identity,
+            question.query,
+            tenant,
+            question.history,
+            question.parameters(),
+        )
         if ask.cache_read:
             events = await lookup(self.store, key)
             if events is not None:

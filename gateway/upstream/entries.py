@@ -2,7 +2,8 @@
 how large a backend's entries may be (``BackendCachePolicy``).
 
 A key hashes the backend's identity (its name and every setting that shapes answers), the
-normalized query, the tenant and the history. An entry is the answer's event sequence, with
+normalized query, the tenant, the history and what the request sets (generation settings,
+system instructions). An entry is the answer's event sequence, with
 its original batch boundaries lost but every event kept, as ``{"v": SCHEMA, "events"}``.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,14 +45,22 @@ def identity_of(backend: Backend) -> bytes:
 
 
 def cache_key(
-    prefix: str, identity: bytes, query: str, tenant: str, history: Sequence[Turn] = ()
+    prefix: str,
+    identity: bytes,
+    query: str,
+    tenant: str,
+    history: Sequence[Turn] = (),
+    parameters: dict[str, Any] | None = None,
 ) -> str:
-    """A versioned key over everything that changes the answer."""
+    """A versioned key over everything that changes the answer: ``parameters`` are what the
+    request sets (``QARequest.parameters``)."""
     digest = hashlib.sha256(identity)
     asked: list[object] = [" ".join(query.split()), tenant]
-    if history:  # only then: keys of questions without one stay what they were
+    if history or parameters:  # only then: keys of plain questions stay what they were
         asked.append([[turn.role, turn.text] for turn in history])
-    digest.update(orjson.dumps(asked))
+    if parameters:
+        asked.append(parameters)
+    digest.update(orjson.dumps(asked, option=orjson.OPT_SORT_KEYS))
     return f"{prefix}v{SCHEMA}:{digest.hexdigest()}"
 
 

@@ -27,3 +27,5 @@ class Trace:
     outcome: str | None = None
     """How a started stream ended: ``done``, an error code, or ``disconnected``."""
     query: str | None = None
+    user: str | None = None
+    """The end-user id an OpenAI client sent (``user``)."""
