@@ -98,7 +98,14 @@ async def test_health_ready_and_docs(client: httpx.AsyncClient, gateway_url: str
         content = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         return resolve(spec, content["schema"])
 
-    assert set(schema("/qa")["properties"]) == {"query", "backend", "session_id", "history"}
+    assert set(schema("/qa")["properties"]) == {
+        "query",
+        "backend",
+        "session_id",
+        "history",
+        "generation",
+        "system",
+    }
     assert {"model", "messages", "stream"} <= set(schema("/v1/chat/completions")["properties"])
     unresolved = [ref for ref in refs(spec) if not resolve(spec, {"$ref": ref})]
     assert unresolved == []

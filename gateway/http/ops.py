@@ -19,15 +19,20 @@ router = APIRouter()
 
 
 @cache
-def _page() -> str:
-    """The playground's HTML, read from the package once."""
-    return (files("gateway") / "static" / "playground.html").read_text(encoding="utf-8")
+def _static(name: str) -> str:
+    """A file of ``gateway/static``, read from the package once."""
+    return (files("gateway") / "static" / name).read_text(encoding="utf-8")
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def playground() -> HTMLResponse:
     """One static page that asks ``/qa`` and shows the answer stream."""
-    return HTMLResponse(_page())
+    return HTMLResponse(_static("playground.html"))
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> Response:
+    return Response(_static("favicon.svg"), media_type="image/svg+xml")
 
 
 @router.get("/backends")
