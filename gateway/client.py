@@ -24,7 +24,10 @@ class ClientError(Exception):
 def print_answer(
     url: str, query: str, backend: str | None, session_id: str | None, out: TextIO
 ) -> None:
-    """Stream the answer to ``query`` from the gateway at ``url`` into ``out``."""
+    """Stream the answer to ``query`` from the gateway at ``url`` (``http://`` if it names
+    no scheme) into ``out``."""
+    if "://" not in url:
+        url = f"http://{url}"
     body: dict[str, Any] = {"query": query}
     if backend is not None:
         body["backend"] = backend

@@ -164,16 +164,19 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid config in {file}:\n{describe(exc)}") from None
+        raise ConfigError(f"invalid config:\n{describe(exc, file)}") from None
 
 
-def describe(exc: ValidationError) -> str:
-    """One line per problem, each naming its key as dotted TOML path."""
+def describe(exc: ValidationError, file: Path) -> str:
+    """One line per problem, each naming its key as dotted TOML path and where it was set:
+    the ``QA_*`` variable when one sets it, else ``file``."""
     lines = []
     for error in exc.errors(include_url=False):
         loc = [str(part) for part in error["loc"]]
         if len(loc) > 2 and loc[0] == "backends" and loc[2] in BACKEND_TYPES:
             del loc[2]  # the discriminator tag pydantic puts in the path
         where = ".".join(loc) or "(top level)"
-        lines.append(f"  {where}: {error['msg']}")
+        variable = "QA_" + "__".join(loc).upper()
+        source = f"${variable}" if loc and variable in os.environ else str(file)
+        lines.append(f"  {where} ({source}): {error['msg']}")
     return "\n".join(lines)

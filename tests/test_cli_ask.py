@@ -53,6 +53,13 @@ async def test_prints_the_answer(url: str) -> None:
     assert out == "".join(answer_chunks(QUERY, 8)) + "\n"
 
 
+async def test_an_address_without_a_scheme_is_http(url: str) -> None:
+    code, out, err = await run(QUERY, "--url", url.removeprefix("http://"))
+
+    assert (code, err) == (0, "")
+    assert out == "".join(answer_chunks(QUERY, 8)) + "\n"
+
+
 async def test_lists_sources_and_the_session(url: str, emulator: Emulator) -> None:
     code, out, err = await run(QUERY, "--backend", "search", "--url", url)
 

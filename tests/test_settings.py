@@ -90,3 +90,15 @@ def test_invalid_config_fails_start_up(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "backends.gemini.deadline_s" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_variable_is_named_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QA_BACKENDS__GEMINI__DEADLINE_S", "soon")
+    config = write(tmp_path, GOOD + "[backends.gemini.generation]\ntemperature = 7\n")
+    with pytest.raises(ConfigError) as error:
+        load_settings(config)
+    lines = str(error.value).splitlines()[1:]
+    assert lines[0].startswith("  backends.gemini.deadline_s ($QA_BACKENDS__GEMINI__DEADLINE_S):")
+    assert lines[1].startswith(f"  backends.gemini.generation.temperature ({config}):")
