@@ -15,7 +15,7 @@ from google.cloud.discoveryengine_v1 import (
     Query,
 )
 from google.cloud.discoveryengine_v1.services.conversational_search_service.transports import (
-    ConversationalSearchServiceGrpcAsyncIOTransport,
+    ConversationalSearchServiceGrpcAsyncIOTransport as Transport,
 )
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,7 +25,6 @@ from backends.requests import RequestSettings
 from backends.text import char_index, unseen_text
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]+")
-_FAILED = Answer.State.FAILED
 _SKIP_REASONS = {
     reason.value: name.lower() for name, reason in Answer.AnswerSkippedReason.__members__.items()
 }
@@ -100,11 +99,7 @@ class AgentBuilderBackend:
         self.model = f"{config.engine or config.data_store}/{config.serving_config}"
         self.emulated = config.emulator
         self.config = config
-        self._client = SdkClient(
-            ConversationalSearchServiceAsyncClient,
-            ConversationalSearchServiceGrpcAsyncIOTransport,
-            config,
-        )
+        self._client = SdkClient(ConversationalSearchServiceAsyncClient, Transport, config)
         self._template = _request_template(config)
         self._sessions = f"{config.parent()}/sessions"
 
@@ -166,7 +161,7 @@ class AnswerReader:
         if response.session.name:
             self.session_id = response.session.name.rsplit("/", 1)[-1]
         answer = response.answer
-        if answer.state == _FAILED:
+        if answer.state == Answer.State.FAILED:
             # Google gives no reason; the same question may well succeed when asked again.
             raise error_for("internal", "Agent Builder failed to generate the answer")
         if answer.answer_skipped_reasons:

@@ -1,22 +1,22 @@
-"""Gemini on Vertex AI, streamed by ``PredictionServiceAsyncClient.stream_generate_content``."""
+"""Gemini on Vertex AI: its config, and what both transports share (the request template,
+the mapping of ``GenerateContentResponse`` to events).
+
+``transport = "rest"`` streams over Vertex REST (``backends.gemini_rest``), ``"grpc"`` with
+the SDK's ``PredictionServiceAsyncClient`` (``backends.gemini_grpc``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from google.cloud.aiplatform_v1 import (
     Content,
     GenerateContentRequest,
-    GenerateContentResponse,
     GenerationConfig,
     HarmCategory,
     Part,
-    PredictionServiceAsyncClient,
     SafetySetting,
-)
-from google.cloud.aiplatform_v1.services.prediction_service.transports.grpc_asyncio import (
-    PredictionServiceGrpcAsyncIOTransport,
 )
 from pydantic import Field, field_validator
 
@@ -27,11 +27,10 @@ from backends.base import (
     Done,
     Event,
     Generation,
-    QARequest,
     Source,
     Usage,
 )
-from backends.connection import ConnectionConfig, SdkClient
+from backends.connection import ConnectionConfig
 from backends.requests import GENERATION, RequestSettings
 from backends.text import char_index
 
@@ -102,58 +101,9 @@ class GeminiConfig(ConnectionConfig):
             from backends.gemini_rest import GeminiRestBackend
 
             return GeminiRestBackend(name, self)
-        return GeminiBackend(name, self)
+        from backends.gemini_grpc import GeminiGrpcBackend
 
-
-class GeminiBackend:
-    """Streams one Gemini answer per request over one reused gRPC channel."""
-
-    parameters = PARAMETERS
-
-    def __init__(self, name: str, config: GeminiConfig) -> None:
-        self.name = name
-        self.model = config.model
-        self.emulated = config.emulator
-        self.config = config
-        self._client = SdkClient(
-            PredictionServiceAsyncClient, PredictionServiceGrpcAsyncIOTransport, config
-        )
-        self._template = GenerateContentRequest.pb(request_template(config))
-
-    def cache_identity(self) -> dict[str, object]:
-        return self.config.cache_identity()
-
-    async def stream(self, request: QARequest) -> AsyncGenerator[Event, None]:
-        self.config.requests.check(request, PARAMETERS)
-        # The raw protobuf, then wrapped: proto-plus would marshal the question field by field.
-        message = GenerateContentRequest.pb()()
-        message.CopyFrom(self._template)
-        overrides = generation_fields(request.generation)
-        if overrides:
-            for field in overrides:  # a request's value replaces the configured one
-                message.generation_config.ClearField(field)
-            message.generation_config.MergeFrom(GenerationConfig.pb(GenerationConfig(**overrides)))
-        if request.system is not None:
-            instruction = self.config.requests.instruction(
-                self.config.system_instruction, request.system
-            )
-            message.system_instruction.Clear()
-            message.system_instruction.parts.add(text=instruction)
-        for turn in request.history:
-            message.contents.add(role=turn.role).parts.add(text=turn.text)
-        message.contents.add(role="user").parts.add(text=request.query)
-        reader = ResponseReader()
-        grpc_request = GenerateContentRequest.wrap(message)
-        async with self._client.stream("stream_generate_content", grpc_request) as responses:
-            async for response in responses:
-                for event in reader.read(GenerateContentResponse.pb(response)):
-                    yield event
-                if reader.blocked_reason:
-                    break
-        yield reader.done()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
+        return GeminiGrpcBackend(name, self)
 
 
 class ResponseReader:

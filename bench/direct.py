@@ -104,7 +104,7 @@ class RawStub:
 
 
 class ThroughSdk:
-    """The gateway's Gemini backend alone (``GeminiBackend.stream``, on the SDK's async
+    """The gateway's Gemini backend alone (``GeminiGrpcBackend.stream``, on the SDK's async
     client), in the bench process and without HTTP: what the SDK costs above ``RawStub``, and
     the floor under the gateway's own CPU. ``frames`` counts events (the answer's, ``done``)."""
 

@@ -274,5 +274,5 @@ def test_default_config_names_both_backends() -> None:
 def test_bad_agent_builder_config_fails_the_boot(tmp_path: Path) -> None:
     path = tmp_path / "gateway.toml"
     path.write_text('default_backend = "s"\n[backends.s]\ntype = "agent_builder"\n')
-    with pytest.raises(ConfigError, match=r"backends\.s \(.*\): Value error, set exactly one of engine"):
+    with pytest.raises(ConfigError, match=r"backends\.s \(.*\): Value error, set exactly one"):
         load_settings(path)
