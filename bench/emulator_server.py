@@ -22,7 +22,7 @@ import gc
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from backends.emulator import Behaviour, Call, Emulator
@@ -34,7 +34,7 @@ class StampingEmulator(Emulator):
     stamp: bool = False
     stamps: dict[str, list[float]]
 
-    async def play(self, call: Call, responses: Sequence[Any]) -> AsyncIterator[Any]:
+    async def play(self, call: Call, responses: Sequence[Any]) -> AsyncGenerator[Any, None]:
         if not self.stamp:
             async for response in super().play(call, responses):
                 yield response

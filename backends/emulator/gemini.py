@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -116,8 +117,9 @@ def handler(emulator: Emulator) -> grpc.GenericRpcHandler:
         call = emulator.record(METHOD, request)
         call.metadata = dict(context.invocation_metadata() or ())
         responses = responses_for(request, emulator.behaviour)
-        async for response in grpc_play(emulator, call, context, responses):
-            yield response
+        async with aclosing(grpc_play(emulator, call, context, responses)) as played:
+            async for response in played:
+                yield response
 
     return stream_handler(
         SERVICE, METHOD, GenerateContentRequest, GenerateContentResponse, stream_generate_content

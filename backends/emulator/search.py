@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 import grpc
@@ -166,10 +167,11 @@ def handler(emulator: Emulator) -> grpc.GenericRpcHandler:
                 call.session, call.turn = name, emulator.sessions.get(name, 0) + 1
                 session = Session(name=name)
         responses = _responses(request, emulator.behaviour, session)
-        async for response in grpc_play(emulator, call, context, responses):
-            if call.session is not None and call.turn is not None:
-                emulator.sessions[call.session] = call.turn  # the turn counts once answered
-            yield response
+        async with aclosing(grpc_play(emulator, call, context, responses)) as played:
+            async for response in played:
+                if call.session is not None and call.turn is not None:
+                    emulator.sessions[call.session] = call.turn  # the turn counts once answered
+                yield response
 
     return stream_handler(
         SERVICE, METHOD, AnswerQueryRequest, AnswerQueryResponse, stream_answer_query

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,7 +151,7 @@ class Emulator:
         self.calls.append(call)
         return call
 
-    async def play(self, call: Call, responses: Sequence[Any]) -> AsyncIterator[Any]:
+    async def play(self, call: Call, responses: Sequence[Any]) -> AsyncGenerator[Any, None]:
         """Hand out ``responses`` as the current ``Behaviour`` says; an injected failure raises
         ``Fault`` (each protocol renders it its own way)."""
         knobs = self.behaviour
@@ -184,14 +184,19 @@ class Emulator:
 
 async def grpc_play(
     emulator: Emulator, call: Call, context: grpc.aio.ServicerContext, responses: Sequence[Any]
-) -> AsyncIterator[Any]:
-    """``Emulator.play`` over gRPC: a ``Fault`` aborts the call with its status."""
+) -> AsyncGenerator[Any, None]:
+    """``Emulator.play`` over gRPC: a ``Fault`` aborts the call with its status. Closing this
+    closes the play at once (so a cancellation is recorded when it happens, not when the
+    collector gets to it)."""
+    played = emulator.play(call, responses)
     try:
-        async for response in emulator.play(call, responses):
+        async for response in played:
             yield response
     except Fault as fault:
         status = fault.status()
         await context.abort(status.code, status.details, status.trailing_metadata)
+    finally:
+        await played.aclose()
 
 
 class Fault(Exception):
