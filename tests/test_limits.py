@@ -3,7 +3,6 @@ Redis of our own that we stop."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -11,11 +10,15 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backends.emulator import Behaviour, Emulator
+from gateway.app import create_app
+from gateway.http.limits import LimitOverrides
 from gateway.settings import Settings
+from gateway.upstream.base import Principal
 from tests.redis_support import SHARED_URL, RedisServer, delete_prefix, keys_under, new_prefix
-from tests.support import gateway, parse_sse, settings_for
+from tests.support import gateway, parse_sse, serve, settings_for, wait_for
 
 ANONYMOUS = "default/anonymous"
 """The principal of every request without credentials: tenant ``default``, ``anonymous``."""
@@ -29,7 +32,11 @@ def prefix() -> Iterator[str]:
 
 
 def limited(
-    emulator: Emulator, prefix: str, url: str | None = SHARED_URL, cache: bool = False, **limits: Any
+    emulator: Emulator,
+    prefix: str,
+    url: str | None = SHARED_URL,
+    cache: bool = False,
+    **limits: Any,
 ) -> Settings:
     settings = settings_for(emulator, redis_url=url, cache={"prefix": prefix}, limits=limits)
     settings.backends["gemini"].cache = cache
@@ -104,8 +111,8 @@ async def test_concurrent_answers_are_shared_and_freed_when_one_ends(
         assert third.status_code == 429
         assert refusal(third) == "concurrency_limited"
         assert int(third.headers["retry-after"]) >= 1
-        [members] = [redis.Redis.from_url(SHARED_URL).zcard(key(prefix, "open"))]
-        assert members == 2
+        with redis.Redis.from_url(SHARED_URL) as shared:
+            assert shared.zcard(key(prefix, "open")) == 2
         async for _ in open_ones[0]:  # the first answer ends...
             pass
         fourth = await ask(client, urls[1], "a new one once the first has ended")
@@ -127,8 +134,8 @@ async def test_an_open_answer_renews_its_lease_and_a_dead_instances_expires(
     # What a crashed instance leaves: a slot whose lease nobody renews. Live, it counts...
     with redis.Redis.from_url(SHARED_URL) as shared:
         now_us = int(shared.time()[0]) * 1_000_000
-        await asyncio.sleep(0.1)  # the ended answer's release is shielded, not awaited by us
-        assert shared.zcard(key(prefix, "open")) == 0
+        # The client that left frees its slot as soon as the gateway sees it gone.
+        assert await wait_for(lambda: shared.zcard(key(prefix, "open")) == 0)
         shared.zadd(key(prefix, "open"), {"crashed": now_us + 60_000_000})
         emulator.reset()
         assert refusal(await ask(client, url, "behind a live slot")) == "concurrency_limited"
@@ -150,9 +157,10 @@ async def test_tokens_per_day_on_both_routes_then_budget_exhausted(
     )
     spent = usage + chat.json()["usage"]["total_tokens"]
     refused = await ask(client, urls[1], "six")
+    messages = [{"role": "user", "content": "seven"}]
     chat_refused = await client.post(
         f"{urls[0]}/v1/chat/completions",
-        json={"model": "gemini", "messages": [{"role": "user", "content": "seven"}], "stream": True},
+        json={"model": "gemini", "messages": messages, "stream": True},
     )
 
     assert (first.status_code, chat.status_code) == (200, 200)
@@ -187,6 +195,20 @@ async def test_a_cache_hit_counts_as_a_request_but_costs_no_tokens(
     assert after_miss == parse_sse(miss.content)[-1][2]["usage"]["total_tokens"] > 0
     assert after_hit == after_miss
     assert [r.headers["ratelimit-remaining"] for r in (miss, hit, third)] == ["5", "4", "3"]
+
+
+async def test_an_answer_that_fails_to_start_carries_the_headers_too(
+    client: httpx.AsyncClient, emulator: Emulator, prefix: str, stack: AsyncExitStack
+) -> None:
+    [url] = await instances(stack, limited(emulator, prefix, rpm=6, concurrent=1), 1)
+    emulator.reset(Behaviour(fail_first=1, fail_code="INVALID_ARGUMENT"))
+    failed = await ask(client, url)
+    answered = await ask(client, url)  # the failed one freed its slot
+
+    assert (failed.status_code, refusal(failed)) == (400, "invalid_argument")
+    assert failed.headers["ratelimit-remaining"] == "5"
+    assert answered.status_code == 200
+    assert answered.headers["ratelimit-remaining"] == "4"
 
 
 async def test_without_redis_the_limits_hold_in_process(
@@ -232,3 +254,39 @@ async def test_redis_stopped(
         assert {refusal(r) for r in responses} == {"limits_unavailable"}
         assert all(int(r.headers["retry-after"]) >= 1 for r in responses)
         assert "limit checks (requests refused) paused" in caplog.text
+
+
+async def test_what_the_front_door_sets_picks_the_limits_and_the_count(
+    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+) -> None:
+    """A stand-in for the front door puts a principal (and a key's own limits) in the scope."""
+    settings = limited(emulator, prefix, rpm=3, tenants={"acme": {"rpm": 2}})
+    callers = {
+        "key": (Principal("key-a", "acme"), LimitOverrides(rpm=1)),
+        "user": (Principal("user-1", "acme"), None),
+        "other": (Principal("user-2", "beta"), None),
+    }
+
+    def front_door(app: ASGIApp) -> ASGIApp:
+        async def admit(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                principal, own = callers[dict(scope["headers"])[b"x-caller"].decode()]
+                scope.setdefault("state", {}).update(principal=principal, limits=own)
+            await app(scope, receive, send)
+
+        return admit
+
+    async with serve(front_door(create_app(settings))) as url:
+
+        async def statuses(caller: str, count: int) -> list[int]:
+            headers = {"x-caller": caller}
+            return [
+                (await client.post(f"{url}/qa", json={"query": "q"}, headers=headers)).status_code
+                for _ in range(count)
+            ]
+
+        assert await statuses("key", 2) == [200, 429]  # its own rpm
+        assert await statuses("user", 3) == [200, 200, 429]  # its tenant's
+        assert await statuses("other", 4) == [200, 200, 200, 429]  # the defaults
+    tagged = {name.decode().split("{")[1].split("}")[0] for name in keys_under(SHARED_URL, prefix)}
+    assert tagged == {"acme/key-a", "acme/user-1", "beta/user-2"}

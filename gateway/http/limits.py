@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from urllib.parse import quote
 
 from starlette.requests import Request
 
 from backends.base import Done
-from gateway.formats import Outcome, Outcomes
+from gateway.formats import Failure, Outcome, Outcomes
 from gateway.http.errors import HTTPProblem
 from gateway.runtime import Runtime
 from gateway.upstream.base import Principal
@@ -47,25 +48,37 @@ def limits_of(request: Request, principal: Principal) -> LimitOverrides:
 
 @dataclass(slots=True)
 class Ticket:
-    """An admitted request: the headers its answer carries, and what the answer cost."""
+    """An admitted request: the headers its answer carries; ``end`` counts its ending."""
 
     headers: dict[str, str] = field(default_factory=dict)
-    metering: bool = False
+    _end: Callable[[int], Awaitable[None]] | None = None
+    """Frees the slot and spends the tokens; None once done (or nothing to count)."""
+    _metering: bool = False
     """Whether the answer's tokens count (a daily budget applies)."""
-    tokens: int = 0
 
     def metered(self, outcomes: Stream, cache: str) -> Outcomes:
-        """``outcomes``, noting the tokens of their ``done``; a cache hit costs none."""
-        if not self.metering or cache == "HIT":
+        """``outcomes``, ending the ticket as the terminal one goes by (before the client
+        sees it: a client that asks again at once finds the slot free and the tokens spent);
+        a cache hit costs no tokens."""
+        if self._end is None:
             return outcomes
-        return self._tap(outcomes)
+        return self._tap(outcomes, self._metering and cache != "HIT")
 
-    async def _tap(self, outcomes: Stream) -> Stream:
+    async def end(self, tokens: int = 0) -> None:
+        end, self._end = self._end, None
+        if end is not None:
+            # Shielded: a client leaving (a cancelled task) must not leave the slot held.
+            await asyncio.shield(end(tokens))
+
+    async def _tap(self, outcomes: Stream, metering: bool) -> Stream:
         async with aclosing(outcomes):
             async for batch in outcomes:
                 last = batch[-1] if batch else None
-                if isinstance(last, Done) and last.usage is not None:
-                    self.tokens = last.usage.total_tokens
+                if isinstance(last, Done):
+                    usage = last.usage
+                    await self.end(usage.total_tokens if usage and metering else 0)
+                elif isinstance(last, Failure):
+                    await self.end()
                 yield batch
 
 
@@ -82,12 +95,12 @@ async def admitted(request: Request, principal: Principal) -> AsyncIterator[Tick
     who = f"{quote(principal.tenant, safe='')}/{quote(principal.name, safe='')}"
     number = uuid.uuid4().hex
     state = await runtime.limiter.admit(who, limits, number)
-    ticket = Ticket(metering=limits.tokens_per_day is not None)
     if state is None:
         if not runtime.settings.limits.fail_open:
             retry = str(max(1, math.ceil(runtime.settings.cache.breaker_s)))
             message = "the limits cannot be checked right now; try again"
             raise HTTPProblem(503, "limits_unavailable", message, headers={"Retry-After": retry})
+        headers = {}
     elif state.refused:
         quota = Quota.of(state.refused, limits, state)
         code, message = _REFUSALS[state.refused]
@@ -95,15 +108,19 @@ async def admitted(request: Request, principal: Principal) -> AsyncIterator[Tick
         raise HTTPProblem(429, code, message.format(quota.limit), headers=headers)
     else:
         shown = next(name for name in _SHOWN if getattr(limits, name) is not None)
-        ticket.headers = _headers(Quota.of(shown, limits, state))
+        headers = _headers(Quota.of(shown, limits, state))
+    ticket = Ticket(
+        headers,
+        partial(runtime.limiter.finish, who, limits, number),
+        limits.tokens_per_day is not None,
+    )
     try:
         yield ticket
     except HTTPProblem as problem:
         problem.headers.update(ticket.headers)
         raise
     finally:
-        # Shielded: a client leaving (a cancelled task) must not leave the slot held.
-        await asyncio.shield(runtime.limiter.finish(who, limits, number, ticket.tokens))
+        await ticket.end()  # if the answer ended without a terminal event (or never opened)
 
 
 def _headers(quota: Quota) -> dict[str, str]:
