@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +38,9 @@ class LimitOverrides(BaseModel):
         return any(value is not None for value in (self.rpm, self.concurrent, self.tokens_per_day))
 
 
+_NAMES = tuple(LimitOverrides.model_fields)
+
+
 class LimitSettings(LimitOverrides):
     """``[limits]``: the defaults of every principal, ``[limits.tenants.NAME]`` overrides,
     and what to do when Redis cannot be asked."""
@@ -48,16 +52,22 @@ class LimitSettings(LimitOverrides):
     renews it (every third of it): a crashed instance's slots free themselves."""
     tenants: dict[str, LimitOverrides] = Field(default_factory=dict)
 
+    @cached_property
+    def _defaults(self) -> LimitOverrides:
+        return LimitOverrides(**{name: getattr(self, name) for name in _NAMES})
+
     def resolve(self, tenant: str, own: LimitOverrides | None) -> LimitOverrides:
         """Each limit from the principal's ``own`` (an API key's), else its tenant's table,
         else these defaults."""
+        if own is None and tenant not in self.tenants:
+            return self._defaults  # the common case builds no model
         layers = [layer for layer in (own, self.tenants.get(tenant)) if layer is not None]
         values = {
             name: next(
                 (v for layer in layers if (v := getattr(layer, name)) is not None),
                 getattr(self, name),
             )
-            for name in LimitOverrides.model_fields
+            for name in _NAMES
         }
         return LimitOverrides(**values)
 
