@@ -213,6 +213,26 @@ async def test_an_answer_that_fails_to_start_carries_the_headers_too(
     assert answered.headers["ratelimit-remaining"] == "4"
 
 
+async def test_a_corrupt_count_is_that_principals_problem(
+    client: httpx.AsyncClient, emulator: Emulator, prefix: str, stack: AsyncExitStack
+) -> None:
+    [url] = await instances(stack, limited(emulator, prefix, rpm=6, concurrent=2), 1)
+    with redis.Redis.from_url(SHARED_URL) as shared:
+        shared.set(key(prefix, "rpm"), "garbage", px=60_000)
+        repaired = await ask(client, url)  # a count that is not one reads as none...
+        assert int(shared.get(key(prefix, "rpm")) or 0) > 0  # ...and is replaced
+        shared.set(key(prefix, "open"), "not a sorted set", px=60_000)
+        unchecked_one = await ask(client, url)  # a key of the wrong type: served unchecked,
+        shared.delete(key(prefix, "open"))
+        counted = await ask(client, url)  # without pausing the checks of anyone else
+
+    assert repaired.headers["ratelimit-remaining"] == "5"
+    assert unchecked_one.status_code == 200
+    assert "ratelimit-remaining" not in unchecked_one.headers
+    assert counted.headers["ratelimit-remaining"] == "4"
+    assert await unchecked(client, url) == 1
+
+
 async def test_without_redis_the_limits_hold_in_process(
     client: httpx.AsyncClient, emulator: Emulator
 ) -> None:

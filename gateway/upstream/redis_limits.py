@@ -39,14 +39,14 @@ _ADMIT = (
     + """
 local rpm, most, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tat, open, used = now, 0, 0
-if rpm > 0 then tat = math.max(tonumber(redis.call('GET', KEYS[1]) or 0), now) end
+if rpm > 0 then tat = math.max(tonumber(redis.call('GET', KEYS[1])) or 0, now) end
 if most > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', n(now))
   open = redis.call('ZCARD', KEYS[2])
 end
 if budget > 0 then
   local spent = redis.call('HMGET', KEYS[3], 'day', 'used')
-  if tonumber(spent[1]) == math.floor(now / 86400000000) then used = tonumber(spent[2]) end
+  if tonumber(spent[1]) == math.floor(now / 86400000000) then used = tonumber(spent[2]) or 0 end
 end
 local refused = ''
 if budget > 0 and used >= budget then refused = 'tokens_per_day'
