@@ -24,7 +24,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with running(settings, metrics.redis_errors.inc) as runtime:
+        on_redis_error, on_unchecked = metrics.redis_errors.inc, metrics.limits_unchecked.inc
+        async with running(settings, on_redis_error, on_unchecked) as runtime:
             app.state.runtime = runtime
             yield
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -19,6 +19,8 @@ from gateway.upstream.base import Direct, Upstream
 from gateway.upstream.budget import RetryBudget
 from gateway.upstream.cache import Cached
 from gateway.upstream.fallback import Fallback
+from gateway.upstream.limits import Limiter, MemoryLimiter
+from gateway.upstream.redis_limits import RedisLimiter
 from gateway.upstream.retry import Retrying
 from gateway.upstream.shared import SharedFlights
 from gateway.upstream.stores import Breaker, MemoryStore, RedisStore, Store
@@ -34,6 +36,8 @@ class Runtime:
     settings: Settings
     backends: dict[str, Backend]
     upstreams: dict[str, Upstream]
+    limiter: Limiter = field(default_factory=MemoryLimiter)
+    """Counts what each principal does against its limits."""
 
     def catalog(self) -> list[dict[str, Any]]:
         """Name, type, model and whether it is emulated, for each backend in config order.
@@ -54,9 +58,14 @@ class Runtime:
 
 @asynccontextmanager
 async def running(
-    settings: Settings, on_redis_error: Callable[[], object] = lambda: None
+    settings: Settings,
+    on_redis_error: Callable[[], object] = lambda: None,
+    on_limits_unchecked: Callable[[], object] = lambda: None,
 ) -> AsyncIterator[Runtime]:
-    """Start the embedded emulator if configured, build the backends, close all on exit."""
+    """Start the embedded emulator if configured, build the backends, close all on exit.
+
+    ``on_redis_error`` hears of every failed Redis call, ``on_limits_unchecked`` of every
+    request whose limits Redis could not check."""
     async with AsyncExitStack() as stack:
         emulator = None
         if settings.emulator.enabled:
@@ -79,9 +88,13 @@ async def running(
             stack.push_async_callback(backend.aclose)
         store, shared = _cache(settings, on_redis_error)
         stack.push_async_callback(store.aclose)
+        limiter: Limiter = MemoryLimiter()
         if shared is not None:
             stack.push_async_callback(shared.reader.aclose)
-        yield Runtime(settings, backends, _upstreams(settings, backends, store, shared))
+            limiter = _shared_limiter(settings, shared, on_redis_error, on_limits_unchecked)
+        stack.push_async_callback(limiter.aclose)
+        upstreams = _upstreams(settings, backends, store, shared)
+        yield Runtime(settings, backends, upstreams, limiter)
 
 
 def _cache(
@@ -111,6 +124,21 @@ def _cache(
         block_ms=BLOCK_MS,
     )
     return RedisStore(shared.redis, breaker), shared
+
+
+def _shared_limiter(
+    settings: Settings,
+    shared: SharedFlights,
+    on_redis_error: Callable[[], object],
+    on_unchecked: Callable[[], object],
+) -> RedisLimiter:
+    """Limits counted in the cache's Redis, behind a breaker of their own."""
+    knobs = settings.limits
+    unchecked = "served unchecked" if knobs.fail_open else "refused"
+    activity = f"limit checks (requests {unchecked})"
+    breaker = Breaker(settings.cache.breaker_s, on_redis_error, activity)
+    prefix = settings.cache.prefix
+    return RedisLimiter(shared.redis, breaker, prefix, knobs.lease_s, on_unchecked)
 
 
 def _upstreams(

@@ -19,6 +19,7 @@ from backends.agent_builder import AgentBuilderConfig
 from backends.gemini import GeminiConfig
 from gateway.upstream.cache import CacheSettings
 from gateway.upstream.entries import BackendCachePolicy
+from gateway.upstream.limits import LimitSettings
 from gateway.upstream.retry import RetryPolicy
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
@@ -109,6 +110,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     """``redis://host:port/db`` to cache in (and coalesce through) Redis; in memory if unset."""
     cache: CacheSettings = CacheSettings()
+    limits: LimitSettings = LimitSettings()
+    """Per-principal limits, counted in Redis (with ``redis_url``) or in process."""
     log_queries: bool = False
     """Put the query text in the request log lines (off: queries may hold personal data)."""
 

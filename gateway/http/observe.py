@@ -58,6 +58,9 @@ class Metrics:
             "qa_coalesced", "Requests that shared another's upstream call.", by_backend
         )
         self.redis_errors = counter("qa_redis_errors", "Failed Redis calls.")
+        self.limits_unchecked = counter(
+            "qa_limits_unchecked", "Requests whose limits Redis could not check."
+        )
 
     def record(self, route: str, trace: Trace) -> None:
         backend = trace.backend or ""

@@ -1,8 +1,9 @@
 """The answering pipeline both answering routes share.
 
 A route reads its body into a ``QARequest`` and hands it, with the ``Format`` to answer in,
-to ``deliver``: it opens the answer through the backend's upstream (cache, fallback,
-retries), which decides the status, then streams the guarded outcomes in that format.
+to ``deliver``: it admits the request under its principal's limits (``limits``), opens the
+answer through the backend's upstream (cache, fallback, retries), which decides the status,
+then streams the guarded outcomes in that format.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from backends.base import BackendError, QARequest
 from gateway.formats import Format, Head
 from gateway.http.errors import HTTPProblem
 from gateway.http.guard import Guards, guarded
+from gateway.http.limits import Ticket, admitted
 from gateway.http.streaming import Departure, EventStream
 from gateway.runtime import Runtime
 from gateway.upstream.base import Answer, Ask, Principal
@@ -73,9 +75,9 @@ async def deliver(
     leaving cancels the answer at any point (``Departure``). Call once the body is read."""
     runtime: Runtime = request.app.state.runtime
     name = _backend_named(runtime, backend)
-    async with Departure(request.receive):
+    async with Departure(request.receive), admitted(request, principal_of(request)) as ticket:
         started = await _start(request, runtime, question, name)
-        response = await _respond(started, request.app.state.guards, format)
+        response = await _respond(started, request.app.state.guards, format, ticket)
         await response(request.scope, request.receive, send)
 
 
@@ -143,16 +145,17 @@ async def _start(request: Request, runtime: Runtime, question: QARequest, name: 
     return _Started(answer, trace, runtime.settings.backends[answer.backend.name].idle_s)
 
 
-async def _respond(started: _Started, guards: Guards, format: Format) -> Response:
+async def _respond(started: _Started, guards: Guards, format: Format, ticket: Ticket) -> Response:
     """A streamed response of the answer, or (``format.streamed`` false) the whole body, with
     the status of its failure if it fails midway."""
     outcomes = guarded(started.answer, started.trace, started.idle_s, guards)
-    body = format.encode(started.head(), outcomes)
+    body = format.encode(started.head(), ticket.metered(outcomes, started.answer.cache))
+    headers = started.headers() | ticket.headers
     if format.streamed:
-        return EventStream(body, format.media_type, started.headers(), started.answer.aclose)
+        return EventStream(body, format.media_type, headers, started.answer.aclose)
     try:
         async with aclosing(body):
             content = b"".join([chunk async for chunk in body])
     except BackendError as exc:
         raise HTTPProblem.from_backend(exc) from None
-    return Response(content, media_type=format.media_type, headers=started.headers())
+    return Response(content, media_type=format.media_type, headers=headers)

@@ -71,12 +71,18 @@ class MemoryStore:
 class Breaker:
     """Open for ``open_s`` after a failure: callers skip Redis instead of waiting on it.
 
-    Logs once when Redis fails and once when it answers again.
+    Logs once when Redis fails and once when it answers again, naming the ``activity``.
     """
 
-    def __init__(self, open_s: float, on_failure: Callable[[], object] = lambda: None) -> None:
+    def __init__(
+        self,
+        open_s: float,
+        on_failure: Callable[[], object] = lambda: None,
+        activity: str = "caching",
+    ) -> None:
         self.open_s = open_s
         self.on_failure = on_failure
+        self.activity = activity
         self.failing = False
         self._open_until = 0.0
 
@@ -89,15 +95,16 @@ class Breaker:
         if not self.failing:
             self.failing = True
             log.warning(
-                "redis unavailable (%s); caching paused for %gs at a time",
+                "redis unavailable (%s); %s paused for %gs at a time",
                 type(error).__name__,
+                self.activity,
                 self.open_s,
             )
 
     def succeeded(self) -> None:
         if self.failing:
             self.failing = False
-            log.warning("redis answers again; caching resumed")
+            log.warning("redis answers again; %s resumed", self.activity)
 
     async def call(self, operation: Callable[[], Awaitable[Any]], default: T) -> Any | T:
         """``operation()``, or ``default`` when the breaker is open or Redis fails."""
