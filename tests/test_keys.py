@@ -8,13 +8,15 @@ import io
 import logging
 import os
 import sys
+import time
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import redirect_stdout
 from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -24,7 +26,7 @@ from gateway.cli import main
 from gateway.http.keys import hash_key
 from gateway.http.observe import JSONFormatter
 from gateway.settings import Settings
-from tests.support import both, gateway, parse_sse, text_of
+from tests.support import both, free_port, gateway, parse_sse, ready, spawn_gateway, text_of
 
 QUERY = "Who may ask?"
 WEB, NARROW, ADMIN = "qa_web-key", "qa_search-only-key", "qa_admin-key"
@@ -186,3 +188,38 @@ async def test_the_cli_says_when_it_needs_a_key(url: str) -> None:
     _, err = await process.communicate()
     assert process.returncode == 1
     assert "unauthenticated, HTTP 401" in err.decode()
+
+
+@pytest.mark.parametrize(
+    ("host", "auth", "warnings"),
+    [("0.0.0.0", False, 1), ("127.0.0.1", False, 0), ("0.0.0.0", True, 0)],
+)
+def test_serving_beyond_localhost_without_auth_warns_once(
+    tmp_path: Path, host: str, auth: bool, warnings: int
+) -> None:
+    config = None
+    if auth:
+        config = tmp_path / "gateway.toml"
+        table = f'\n[[auth.keys]]\nname = "web"\nhash = "{hash_key(WEB)}"\n'
+        config.write_text((ROOT / "config" / "gateway.toml").read_text() + table)
+    port = free_port()
+    with (tmp_path / "stdout.log").open("w+") as log:
+        process = spawn_gateway(port, config, stdout=log, host=host)
+        try:
+            assert wait_until(lambda: ready(f"http://127.0.0.1:{port}"))
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
+        log.seek(0)
+        lines = [orjson.loads(line) for line in log if line.startswith("{")]
+    said = [line for line in lines if "without authentication" in line["message"]]
+    assert len(said) == warnings
+    assert all(line["severity"] == "WARNING" for line in said)
+
+
+def wait_until(predicate: Callable[[], bool], tries: int = 300) -> bool:
+    for _ in range(tries):
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
