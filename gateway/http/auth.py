@@ -31,7 +31,7 @@ from gateway.http.tokens import InvalidToken, JWTSettings, KeySetUnavailable, To
 from gateway.upstream.base import Principal
 
 log = logging.getLogger("gateway")
-OPEN = frozenset({"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+OPEN = frozenset({"/", "/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"})
 """Paths anyone may reach: probes, the playground page, the API documentation."""
 ADMIN = frozenset({"/metrics", "/backends"})
 """Paths behind an admin key when ``admin_hashes`` is set (open otherwise)."""

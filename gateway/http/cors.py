@@ -83,15 +83,17 @@ class CORS(CORSMiddleware):
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = Headers(scope=scope)
-            origin = headers.get("origin")
-            if origin is not None and not self._admits(origin, headers.get("host")):
-                problem = HTTPProblem(
-                    403, "origin_not_allowed", f"pages on {origin} may not call this gateway"
-                )
-                await problem.response()(scope, receive, send)
-                return
+        if scope["type"] != "http" or not any(k == b"origin" for k, _ in scope["headers"]):
+            await self.app(scope, receive, send)  # not from a browser page: nothing to do
+            return
+        headers = Headers(scope=scope)
+        origin = headers["origin"]
+        if not self._admits(origin, headers.get("host")):
+            problem = HTTPProblem(
+                403, "origin_not_allowed", f"pages on {origin} may not call this gateway"
+            )
+            await problem.response()(scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
 
     def _admits(self, origin: str, host: str | None) -> bool:
