@@ -151,9 +151,12 @@ async def test_cors_is_off_by_default_but_the_gateway_s_own_pages_may_call(
     )
     assert own.status_code == 200
     assert "access-control-allow-origin" not in own.headers
+    behind_a_proxy = {"Origin": "https://my-app.web.app", "X-Forwarded-Host": "my-app.web.app"}
+    proxied = await client.post(f"{gateway_url}/qa", json={"query": QUERY}, headers=behind_a_proxy)
+    assert proxied.status_code == 200
     other = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"}
     assert (await client.options(f"{gateway_url}/qa", headers=other)).status_code == 403
-    assert len(emulator.calls) == 1
+    assert len(emulator.calls) == 2
 
 
 @pytest.mark.parametrize(

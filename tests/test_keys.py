@@ -192,15 +192,20 @@ async def test_the_cli_says_when_it_needs_a_key(url: str) -> None:
 
 @pytest.mark.parametrize(
     ("host", "auth", "warnings"),
-    [("0.0.0.0", False, 1), ("127.0.0.1", False, 0), ("0.0.0.0", True, 0)],
+    [
+        ("0.0.0.0", "", 1),
+        ("127.0.0.1", "", 0),
+        ("0.0.0.0", "required = true", 0),
+        ("0.0.0.0", "required = false", 1),
+    ],
 )
 def test_serving_beyond_localhost_without_auth_warns_once(
-    tmp_path: Path, host: str, auth: bool, warnings: int
+    tmp_path: Path, host: str, auth: str, warnings: int
 ) -> None:
     config = None
     if auth:
         config = tmp_path / "gateway.toml"
-        table = f'\n[[auth.keys]]\nname = "web"\nhash = "{hash_key(WEB)}"\n'
+        table = f'\n[auth]\n{auth}\n[[auth.keys]]\nname = "web"\nhash = "{hash_key(WEB)}"\n'
         config.write_text((ROOT / "config" / "gateway.toml").read_text() + table)
     port = free_port()
     with (tmp_path / "stdout.log").open("w+") as log:

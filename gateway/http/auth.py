@@ -146,11 +146,12 @@ def check_backend(request: Request, name: str) -> None:
 
 
 def warn_if_open(settings: AuthSettings, host: str) -> None:
-    """Log one warning when serving beyond this machine with no authentication."""
+    """Log one warning when serving beyond this machine to anyone without credentials (no
+    ``[auth]``, or ``required = false``)."""
     loopback = host == "localhost"
     with contextlib.suppress(ValueError):  # a host name
         loopback = loopback or ipaddress.ip_address(host).is_loopback
-    if not loopback and not settings.configured:
+    if not loopback and not (settings.configured and settings.required):
         log.warning(
             "serving on %s without authentication: anyone who reaches it can spend the "
             "backends' quota; configure [auth] (see 'Putting it on the internet')",

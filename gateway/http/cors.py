@@ -88,7 +88,7 @@ class CORS(CORSMiddleware):
             return
         headers = Headers(scope=scope)
         origin = headers["origin"]
-        if not self._admits(origin, headers.get("host")):
+        if not self._admits(origin, headers):
             problem = HTTPProblem(
                 403, "origin_not_allowed", f"pages on {origin} may not call this gateway"
             )
@@ -96,7 +96,10 @@ class CORS(CORSMiddleware):
             return
         await super().__call__(scope, receive, send)
 
-    def _admits(self, origin: str, host: str | None) -> bool:
-        """Allowed by ``[cors]``, or the gateway's own origin (the same host and port)."""
-        own = host is not None and origin.partition("://")[2] == host
+    def _admits(self, origin: str, headers: Headers) -> bool:
+        """Allowed by ``[cors]``, or the gateway's own origin: the host (and port) the page
+        asked for, as a proxy forwarding it says (Firebase Hosting, a load balancer). A page
+        on another origin cannot forge ``X-Forwarded-Host``: that header needs a preflight."""
+        host = origin.partition("://")[2]
+        own = host in (headers.get("host"), headers.get("x-forwarded-host"))
         return own or self.is_allowed_origin(origin)
