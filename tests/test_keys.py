@@ -94,7 +94,10 @@ async def test_probes_are_open_and_operators_routes_take_an_admin_key(
         assert (await client.get(f"{url}{path}", headers=bearer(WEB))).status_code == 401
         assert (await client.get(f"{url}{path}", headers={"X-API-Key": ADMIN})).status_code == 200
     assert (await client.get(f"{url}/v1/models")).status_code == 401
-    assert (await client.get(f"{url}/v1/models", headers=bearer(WEB))).status_code == 200
+    listed = await client.get(f"{url}/v1/models", headers=bearer(WEB))
+    assert [model["id"] for model in listed.json()["data"]] == ["gemini", "search"]
+    narrow = await client.get(f"{url}/v1/models", headers=bearer(NARROW))
+    assert [model["id"] for model in narrow.json()["data"]] == ["search"]
 
 
 async def test_the_openai_client_streams_with_its_api_key(url: str) -> None:

@@ -138,9 +138,15 @@ class FrontDoor:
             raise _invalid("not an admin key")
 
 
+def allowed_backends(request: Request) -> frozenset[str] | None:
+    """The backends the request's key may use (None: all)."""
+    allowed: frozenset[str] | None = request.scope.get("state", {}).get("backends")
+    return allowed
+
+
 def check_backend(request: Request, name: str) -> None:
     """403 ``backend_forbidden`` if the request's key may not use backend ``name``."""
-    allowed: frozenset[str] | None = request.scope.get("state", {}).get("backends")
+    allowed = allowed_backends(request)
     if allowed is not None and name not in allowed:
         raise HTTPProblem(403, "backend_forbidden", f"this key may not use backend {name!r}")
 
