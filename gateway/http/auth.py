@@ -76,11 +76,9 @@ class FrontDoor:
     def __init__(self, app: ASGIApp, settings: AuthSettings) -> None:
         self.app = app
         self.settings = settings
-        self.hashes = [key.hash for key in settings.keys]
-        self.limits = [
-            LimitOverrides.model_validate(key.model_dump(include=set(LimitOverrides.model_fields)))
-            for key in settings.keys
-        ]
+        self.digests = [bytes.fromhex(key.hash) for key in settings.keys]
+        self.admins = [bytes.fromhex(admin) for admin in settings.admin_hashes]
+        self.grants = [_grant(key) for key in settings.keys]
         self.tokens = TokenVerifier(settings.jwt) if settings.jwt is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,12 +111,9 @@ class FrontDoor:
                 raise _missing("credentials required")
             return
         state = scope.setdefault("state", {})
-        index = matching(credential, self.hashes)
+        index = matching(credential, self.digests)
         if index is not None:
-            key = self.settings.keys[index]
-            state["principal"] = Principal(key.name, key.tenant)
-            state["limits"] = self.limits[index]
-            state["backends"] = None if key.backends is None else frozenset(key.backends)
+            state["principal"], state["limits"], state["backends"] = self.grants[index]
             return
         if self.tokens is None or credential.count(".") != 2:
             raise _invalid("the key is not valid")
@@ -134,7 +129,7 @@ class FrontDoor:
     def _admin(self, credential: str | None) -> None:
         if credential is None:
             raise _missing("an admin key is required")
-        if matching(credential, self.settings.admin_hashes) is None:
+        if matching(credential, self.admins) is None:
             raise _invalid("not an admin key")
 
 
@@ -163,6 +158,13 @@ def warn_if_open(settings: AuthSettings, host: str) -> None:
             "backends' quota; configure [auth] (see 'Putting it on the internet')",
             host,
         )
+
+
+def _grant(key: KeySettings) -> tuple[Principal, LimitOverrides, frozenset[str] | None]:
+    """What a key grants: its principal, its limits, the backends it may use."""
+    limits = key.model_dump(include=set(LimitOverrides.model_fields))
+    backends = None if key.backends is None else frozenset(key.backends)
+    return Principal(key.name, key.tenant), LimitOverrides.model_validate(limits), backends
 
 
 def _require_json(headers: Headers) -> None:

@@ -48,12 +48,13 @@ def new_key() -> str:
     return "qa_" + secrets.token_urlsafe(32)
 
 
-def matching(key: str, hashes: Iterable[str]) -> int | None:
-    """The index of the hash of ``key`` among ``hashes``, compared in constant time."""
+def matching(key: str, digests: Iterable[bytes]) -> int | None:
+    """The index of the SHA-256 of ``key`` among ``digests`` (``bytes.fromhex(hash)``),
+    compared with every one in constant time."""
     digest = hashlib.sha256(key.encode()).digest()
     found = None
-    for index, known in enumerate(hashes):
-        if hmac.compare_digest(digest, bytes.fromhex(known)) and found is None:
+    for index, known in enumerate(digests):
+        if hmac.compare_digest(digest, known) and found is None:
             found = index
     return found
 
