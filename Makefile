@@ -1,4 +1,4 @@
-# `make run` serves the zero-credential default; `make test` runs the tests.
+# `make run` serves the zero-credential default on localhost; `make test` runs the tests.
 # `make lint` runs ruff, mypy (strict) and import-linter (the layers in pyproject.toml).
 # All create .venv and install the project on first use.
 
@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/qa-gateway serve
+	$(BIN)/qa-gateway serve --host 127.0.0.1
 
 test: $(BIN)/.installed
 	bash .ci/services

@@ -9,6 +9,8 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from gateway.http import errors, openai, openapi, ops, qa
+from gateway.http.auth import FrontDoor
+from gateway.http.cors import CORS
 from gateway.http.guard import Guards
 from gateway.http.observe import Metrics, Observed
 from gateway.runtime import running
@@ -40,7 +42,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.guards = Guards()
     for router in (qa.router, openai.router, ops.router):
         app.include_router(router)
-    app.add_middleware(Observed, metrics=metrics, log_queries=settings.log_queries)
+    app.add_middleware(FrontDoor, settings=settings.auth)
+    app.add_middleware(CORS, settings=settings.cors)
+    tenant = settings.cache.tenant
+    app.add_middleware(Observed, metrics=metrics, log_queries=settings.log_queries, tenant=tenant)
     paths = {"/qa": qa.OPENAPI_PATH, "/v1/chat/completions": openai.OPENAPI_PATH}
     openapi.document(app, paths, qa.OPENAPI_SCHEMAS | openai.OPENAPI_SCHEMAS)
     errors.install(app)

@@ -42,12 +42,24 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--backend", help="a configured backend (default: the gateway's default)")
     ask.add_argument("--url", default=os.environ.get("QA_URL", "http://127.0.0.1:8080"))
     ask.add_argument("--session", help="continue this session (Agent Builder backends)")
+    ask.add_argument(
+        "--api-key", default=os.environ.get("QA_API_KEY"), help="key or token (or $QA_API_KEY)"
+    )
+
+    keys = commands.add_parser("keys", help="make API keys")
+    keys_new = keys.add_subparsers(dest="keys", required=True).add_parser(
+        "new", help="print a fresh key, and the [[auth.keys]] table holding its hash"
+    )
+    keys_new.add_argument("--name", default="client", help="who the key is for")
+    keys_new.add_argument("--tenant", default="default", help="whose answers it shares")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "ask":
         return _ask(args)
+    if args.command == "keys":
+        return _new_key(args)
     return _emulate(args)
 
 
@@ -61,6 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"qa-gateway: {exc}", file=sys.stderr)
         return 2
     from gateway.app import create_app
+    from gateway.http.auth import warn_if_open
     from gateway.server import GatewayServer
 
     # Start-up leaves ~100 MB of long-lived objects (the SDKs, protobuf descriptors): move
@@ -73,7 +86,9 @@ def _serve(args: argparse.Namespace) -> int:
     # The log lines name no source line, thread or process: skip finding them per record.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    GatewayServer(create_app(settings), args.host, args.port, settings.shutdown_grace_s).run()
+    server = GatewayServer(create_app(settings), args.host, args.port, settings.shutdown_grace_s)
+    warn_if_open(settings.auth, args.host)  # once logging is set up
+    server.run()
     return 0
 
 
@@ -81,10 +96,21 @@ def _ask(args: argparse.Namespace) -> int:
     from gateway.client import ClientError, print_answer
 
     try:
-        print_answer(args.url, args.query, args.backend, args.session, sys.stdout)
+        print_answer(args.url, args.query, args.backend, args.session, sys.stdout, args.api_key)
     except ClientError as exc:
         print(f"qa-gateway: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _new_key(args: argparse.Namespace) -> int:
+    from gateway.http.keys import hash_key, key_table, new_key
+
+    key = new_key()
+    print("# The key, for the client (shown once; the gateway keeps only its hash):")
+    print(key)
+    print("# The config entry:")
+    print(key_table(args.name, args.tenant, hash_key(key)), end="")
     return 0
 
 

@@ -22,10 +22,16 @@ class ClientError(Exception):
 
 
 def print_answer(
-    url: str, query: str, backend: str | None, session_id: str | None, out: TextIO
+    url: str,
+    query: str,
+    backend: str | None,
+    session_id: str | None,
+    out: TextIO,
+    api_key: str | None = None,
 ) -> None:
     """Stream the answer to ``query`` from the gateway at ``url`` (``http://`` if it names
-    no scheme) into ``out``."""
+    no scheme) into ``out``, sending ``api_key`` (a key or a token) as ``Authorization:
+    Bearer`` if given."""
     if "://" not in url:
         url = f"http://{url}"
     body: dict[str, Any] = {"query": query}
@@ -33,12 +39,15 @@ def print_answer(
         body["backend"] = backend
     if session_id is not None:
         body["session_id"] = session_id
+    headers = {"Accept": "application/x-ndjson"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
     try:
         with httpx.stream(
             "POST",
             f"{url.rstrip('/')}/qa",
             json=body,
-            headers={"Accept": "application/x-ndjson"},
+            headers=headers,
             timeout=httpx.Timeout(10, read=None),  # the gateway bounds each wait itself
         ) as response:
             if response.is_error:

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from backends.agent_builder import AgentBuilderConfig
 from backends.gemini import GeminiConfig
+from gateway.http.auth import AuthSettings
+from gateway.http.cors import CORSSettings
 from gateway.upstream.cache import CacheSettings
 from gateway.upstream.entries import BackendCachePolicy
 from gateway.upstream.limits import LimitSettings
@@ -114,6 +116,8 @@ class Settings(BaseSettings):
     """Per-principal limits, counted in Redis (with ``redis_url``) or in process."""
     log_queries: bool = False
     """Put the query text in the request log lines (off: queries may hold personal data)."""
+    cors: CORSSettings = CORSSettings()
+    auth: AuthSettings = AuthSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -146,6 +150,7 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"backends.{name}.fallback: {other!r} is not another configured backend"
                     )
+        self.auth.check_backends(set(self.backends))
         return self
 
 

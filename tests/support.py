@@ -127,6 +127,7 @@ def spawn_gateway(
     config: Path | None = None,
     stdout: Any = subprocess.DEVNULL,
     stderr: Any = subprocess.DEVNULL,
+    host: str = "127.0.0.1",
 ) -> subprocess.Popen[bytes]:
     """``qa-gateway serve`` as a real process on ``port`` (the embedded default if no config),
     with no ``QA_*`` variables of the caller's leaking in."""
@@ -137,7 +138,7 @@ def spawn_gateway(
         "gateway.cli",
         "serve",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
     ]

@@ -69,7 +69,8 @@ async def test_body_over_limit_without_content_length(
             yield b"x" * 65536
         yield b'"}'
 
-    response = await client.post(f"{gateway_url}/qa", content=chunks())
+    json = {"content-type": "application/json"}
+    response = await client.post(f"{gateway_url}/qa", content=chunks(), headers=json)
     assert response.status_code == 413
 
 

@@ -60,11 +60,13 @@ async def test_metrics_count_a_scripted_mix(client: httpx.AsyncClient, emulator:
         scraped = samples((await client.get(f"{url}/metrics")).text)
 
     def requests(status: str, backend: str = "gemini") -> float:
-        return value(scraped, "qa_requests_total", route="/qa", backend=backend, status=status)
+        labels = {"route": "/qa", "backend": backend, "status": status, "tenant": "default"}
+        return value(scraped, "qa_requests_total", **labels)
 
     assert requests("200") == 7
     assert requests("422", "") == 1
-    assert value(scraped, "qa_requests_total", route="other", backend="", status="404") == 1
+    other = {"route": "other", "backend": "", "status": "404", "tenant": "default"}
+    assert value(scraped, "qa_requests_total", **other) == 1
     assert requests("400", "backup") == 1
     assert value(scraped, "qa_cache_total", backend="gemini", result="HIT") == 1
     assert value(scraped, "qa_cache_total", backend="gemini", result="MISS") == 6

@@ -18,6 +18,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.upstream.base import Principal
 from gateway.upstream.trace import Trace
 
 log = logging.getLogger("gateway.access")
@@ -37,7 +38,9 @@ class Metrics:
         latency = partial(Histogram, labelnames=["backend"], buckets=_LATENCY, registry=registry)
         by_backend = ["backend"]
         self.requests = counter(
-            "qa_requests", "Requests by route, backend and status.", ["route", "backend", "status"]
+            "qa_requests",
+            "Requests by route, backend, status and tenant.",
+            ["route", "backend", "status", "tenant"],
         )
         self.first_event = latency(
             "qa_time_to_first_event_seconds", "From request to the first upstream event."
@@ -62,9 +65,9 @@ class Metrics:
             "qa_limits_unchecked", "Requests whose limits Redis could not check."
         )
 
-    def record(self, route: str, trace: Trace) -> None:
+    def record(self, route: str, trace: Trace, tenant: str) -> None:
         backend = trace.backend or ""
-        self.requests.labels(route, backend, str(trace.status)).inc()
+        self.requests.labels(route, backend, str(trace.status), tenant).inc()
         if not trace.backend:
             return
         if trace.retries:
@@ -85,10 +88,14 @@ class Metrics:
 class Observed:
     """ASGI middleware: a ``Trace`` per request, reported as metrics and a JSON log line."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, log_queries: bool = False) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, log_queries: bool = False, tenant: str = "default"
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.log_queries = log_queries
+        self.tenant = tenant
+        """The tenant of requests the front door let in without a principal."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,8 +127,13 @@ class Observed:
             if path not in _QUIET:
                 if trace.status == 0:
                     trace.status = 500
-                self.metrics.record(path if path in _ROUTES else "other", trace)
-                log.info("request", extra={"fields": self._fields(scope, trace)})
+                principal: Principal | None = scope["state"].get("principal")
+                tenant = self.tenant if principal is None else principal.tenant
+                self.metrics.record(path if path in _ROUTES else "other", trace, tenant)
+                fields = self._fields(scope, trace)
+                fields["principal"] = None if principal is None else principal.name
+                fields["tenant"] = tenant
+                log.info("request", extra={"fields": fields})
 
     def _fields(self, scope: Scope, trace: Trace) -> dict[str, Any]:
         line: dict[str, Any] = {

@@ -37,6 +37,7 @@ from starlette.types import Receive, Scope, Send
 from backends.base import Generation, QARequest, Turn
 from gateway.formats.openai import ChatChunks, ChatCompletion
 from gateway.http import openapi
+from gateway.http.auth import allowed_backends
 from gateway.http.errors import HTTPProblem
 from gateway.http.pipeline import check_query, deliver, read_body
 from gateway.runtime import Runtime
@@ -186,8 +187,9 @@ OPENAPI_SCHEMAS = openapi.schemas(ChatBody)
 
 @router.get("/models")
 async def models(request: Request) -> dict[str, Any]:
-    """The configured backends as models; `id` is what `model` takes."""
+    """The backends this client may use, as models; `id` is what `model` takes."""
     runtime: Runtime = request.app.state.runtime
+    allowed = allowed_backends(request)
     return {
         "object": "list",
         "data": [
@@ -201,6 +203,7 @@ async def models(request: Request) -> dict[str, Any]:
                 "emulated": entry["emulated"],
             }
             for entry in runtime.catalog()
+            if allowed is None or entry["name"] in allowed
         ],
     }
 

@@ -22,6 +22,7 @@ from starlette.types import Send
 
 from backends.base import BackendError, QARequest
 from gateway.formats import Format, Head
+from gateway.http.auth import check_backend
 from gateway.http.errors import HTTPProblem
 from gateway.http.guard import Guards, guarded
 from gateway.http.limits import Ticket, admitted
@@ -75,6 +76,7 @@ async def deliver(
     leaving cancels the answer at any point (``Departure``). Call once the body is read."""
     runtime: Runtime = request.app.state.runtime
     name = _backend_named(runtime, backend)
+    check_backend(request, name)
     async with Departure(request.receive), admitted(request, principal_of(request)) as ticket:
         started = await _start(request, runtime, question, name)
         response = await _respond(started, request.app.state.guards, format, ticket)
