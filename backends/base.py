@@ -32,11 +32,14 @@ class Turn:
 class QARequest:
     """One question. A conversation goes on either through ``history``, the turns before the
     question, for backends that are sent the conversation (Gemini), or through
-    ``session_id`` where the backend keeps it (Agent Builder, which ignores ``history``)."""
+    ``session_id`` where the backend keeps it (Agent Builder, Agent Engine, which ignore
+    ``history``)."""
 
     query: str
     session_id: str | None = None
     history: tuple[Turn, ...] = ()
+    user: str | None = None
+    """Who asks, when the gateway knows: for backends that keep per-user state (sessions)."""
 
 
 @dataclass(frozen=True, slots=True)

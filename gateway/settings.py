@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from backends.agent_builder import AgentBuilderConfig
+from backends.agent_engine import AgentEngineConfig
 from backends.gemini import GeminiConfig
 from gateway.upstream.cache import CacheSettings
 from gateway.upstream.entries import BackendCachePolicy
@@ -24,7 +25,7 @@ from gateway.upstream.retry import RetryPolicy
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
 
 
-BackendConfig = GeminiConfig | AgentBuilderConfig
+BackendConfig = GeminiConfig | AgentBuilderConfig | AgentEngineConfig
 """A backend's own config, which is all it is given."""
 
 
@@ -58,8 +59,16 @@ class AgentBuilderEntry(AgentBuilderConfig, Policies):
     config_class = AgentBuilderConfig
 
 
-BackendEntry = Annotated[GeminiEntry | AgentBuilderEntry, Field(discriminator="type")]
-BACKEND_TYPES = ("gemini", "agent_builder")
+class AgentEngineEntry(AgentEngineConfig, Policies):
+    """``[backends.NAME]`` of ``type = "agent_engine"``."""
+
+    config_class = AgentEngineConfig
+
+
+BackendEntry = Annotated[
+    GeminiEntry | AgentBuilderEntry | AgentEngineEntry, Field(discriminator="type")
+]
+BACKEND_TYPES = ("gemini", "agent_builder", "agent_engine")
 
 
 class EmulatorSettings(BaseModel):
