@@ -18,10 +18,10 @@ from google.cloud.aiplatform_v1 import (
     SessionServiceAsyncClient,
     StreamQueryReasoningEngineRequest,
 )
-from google.cloud.aiplatform_v1.services.reasoning_engine_execution_service.transports import (
+from google.cloud.aiplatform_v1.services.reasoning_engine_execution_service.transports.grpc_asyncio import (  # noqa: E501
     ReasoningEngineExecutionServiceGrpcAsyncIOTransport,
 )
-from google.cloud.aiplatform_v1.services.session_service.transports import (
+from google.cloud.aiplatform_v1.services.session_service.transports.grpc_asyncio import (
     SessionServiceGrpcAsyncIOTransport,
 )
 from google.protobuf import json_format, struct_pb2
@@ -123,7 +123,7 @@ class AgentEngineBackend:
         request = CreateSessionRequest(parent=self._engine, session=Session(user_id=user))
         deadline = self.config.deadline_s
         with upstream_errors():
-            operation = await self._sessions.get().create_session(
+            operation: Any = await self._sessions.get().create_session(
                 request=request, retry=None, timeout=deadline
             )
             session = await operation.result(timeout=deadline)
