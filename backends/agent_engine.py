@@ -62,7 +62,8 @@ class AgentEngineConfig(ConnectionConfig):
         return f"{location}/reasoningEngines/{self.reasoning_engine}"
 
     def default_endpoint(self) -> str:
-        return f"{self.location}-aiplatform.googleapis.com"
+        location = self.engine().split("/")[3]  # a full resource name's own location
+        return f"{location}-aiplatform.googleapis.com"
 
     def cache_identity(self) -> dict[str, object]:
         identity = super().cache_identity()
