@@ -79,10 +79,10 @@ class AgentEngineBackend:
 
     def __init__(self, name: str, config: AgentEngineConfig) -> None:
         self.name = name
-        self.model = config.engine().rsplit("/", 1)[-1]
+        self._engine = config.engine()
+        self.model = self._engine.rsplit("/", 1)[-1]  # the reasoning engine's id
         self.emulated = config.emulator
         self.config = config
-        self._engine = config.engine()
         self._runs = SdkClient(
             ReasoningEngineExecutionServiceAsyncClient,
             ReasoningEngineExecutionServiceGrpcAsyncIOTransport,
@@ -102,11 +102,10 @@ class AgentEngineBackend:
             await self._check_session(session_id, user)
         elif not self.config.stateless:
             session_id = await self._create_session(user)
-        arguments: dict[str, Any] = {"message": request.query, "user_id": user}
-        if session_id is not None:
-            arguments["session_id"] = session_id
         query = struct_pb2.Struct()
-        query.update(arguments)
+        query.update({"message": request.query, "user_id": user})
+        if session_id is not None:
+            query["session_id"] = session_id
         grpc_request = StreamQueryReasoningEngineRequest(
             name=self._engine, input=query, class_method=self.config.class_method
         )
@@ -165,8 +164,7 @@ class AdkReader:
     step that calls a tool is the agent thinking aloud: left out unless
     ``include_intermediate``; function calls and responses are never text. Grounding
     segments (UTF-8 byte offsets into the step's text) become ``Citation`` offsets into the
-    whole answer; ``usage_metadata`` of the non-partial events adds up; an ``error_code``
-    raises.
+    whole answer; ``usage_metadata`` of the non-partial events adds up; ``error_code`` raises.
     """
 
     def __init__(self, include_intermediate: bool = False) -> None:
@@ -193,10 +191,8 @@ class AdkReader:
         return Done(self.finish_reason, self.usage, session_id=session_id)
 
     def _line(self, line: bytes) -> Iterator[Event]:
-        if not line.strip():
-            return
         try:
-            event = orjson.loads(line)
+            event = orjson.loads(line) if line.strip() else None
         except orjson.JSONDecodeError:
             raise error_for("internal", "the agent sent a line that is not JSON") from None
         if isinstance(event, dict):

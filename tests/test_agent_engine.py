@@ -4,7 +4,9 @@ Session) -> the emulated ADK agent, beside the Gemini and Agent Builder backends
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,12 +24,14 @@ from backends.emulator.agent_engine import (
 )
 from backends.emulator.gemini import answer_chunks
 from gateway.app import create_app
+from gateway.settings import DEFAULT_CONFIG, load_settings
 from gateway.upstream.base import Principal
 from tests.support import gateway, parse_sse, serve, text_of, wait_for, with_agent
 
 QUERY = "How do agents stream?"
 ENGINE = "projects/emulated-project/locations/us-central1/reasoningEngines/docs-agent"
 ANSWER = "".join(answer_pieces(QUERY, 8))
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +284,43 @@ async def test_falls_back_to_gemini_when_the_agent_is_down(
         METHOD,
         "StreamGenerateContent",
     ]
+
+
+async def test_cli_asks_the_agent_and_prints_its_source_and_session(
+    url: str, emulator: Emulator
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "ask",
+        QUERY,
+        "--backend",
+        "agent",
+        "--url",
+        url,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+
+    assert (process.returncode, err) == (0, b"")
+    assert out.decode() == (
+        f"{ANSWER}\n\nSources:\n  [1] {SOURCE['title']} <{SOURCE['uri']}>\n"
+        f"\nSession: {session_of(emulator)} (continue with --session)\n"
+    )
+
+
+async def test_the_embedded_default_serves_an_agent(client: httpx.AsyncClient) -> None:
+    settings = load_settings(DEFAULT_CONFIG, emulator={"enabled": True, "first_delay_ms": 0})
+    async with gateway(settings) as base:
+        listed = (await client.get(f"{base}/backends")).json()["backends"]
+        frames = parse_sse((await ask(client, base)).content)
+
+    assert {"name": "agent", "type": "agent_engine", "model": "demo-agent", "emulated": True} in (
+        listed
+    )
+    assert frames[0][2]["emulated"] is True
+    assert frames[-1][1] == "done"
+    assert frames[-1][2]["session_id"]

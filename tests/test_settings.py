@@ -90,3 +90,9 @@ def test_invalid_config_fails_start_up(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "backends.gemini.deadline_s" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_agent_engine_backend_needs_its_reasoning_engine(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + '[backends.agent]\ntype = "agent_engine"\n')
+    with pytest.raises(ConfigError, match=r"backends\.agent\.reasoning_engine: Field required"):
+        load_settings(path)
