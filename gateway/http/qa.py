@@ -39,7 +39,8 @@ class QABody(BaseModel):
         None,
         min_length=1,
         max_length=256,
-        description="Continue this conversation (backends that keep sessions: Agent Builder, Agent Engine).",
+        description="Continue this conversation (backends that keep sessions: Agent Builder, "
+        "Agent Engine).",
     )
     history: list[HistoryTurn] = Field(
         default_factory=list,
