@@ -26,6 +26,7 @@ from backends.emulator.gemini import answer_chunks
 from gateway.app import create_app
 from gateway.settings import DEFAULT_CONFIG, load_settings
 from gateway.upstream.base import Principal
+from tests.redis_support import SHARED_URL, delete_prefix, new_prefix
 from tests.support import gateway, parse_sse, serve, text_of, wait_for, with_agent
 
 QUERY = "How do agents stream?"
@@ -324,3 +325,24 @@ async def test_the_embedded_default_serves_an_agent(client: httpx.AsyncClient) -
     assert frames[0][2]["emulated"] is True
     assert frames[-1][1] == "done"
     assert frames[-1][2]["session_id"]
+
+
+async def test_instances_sharing_a_flight_hand_its_session_to_one_asker(
+    client: httpx.AsyncClient, emulator: Emulator
+) -> None:
+    prefix = new_prefix()
+    emulator.reset(Behaviour(first_delay_ms=300))
+    settings = with_agent(emulator, cache=True).model_copy(update={"redis_url": SHARED_URL})
+    settings.cache.prefix = prefix
+    try:
+        async with gateway(settings) as one, gateway(settings) as two:
+            first = asyncio.create_task(ask(client, one))
+            assert await wait_for(lambda: emulator.calls_to(METHOD), timeout=5)
+            responses = [await ask(client, two), await first]
+    finally:
+        delete_prefix(SHARED_URL, prefix)
+
+    assert len(emulator.calls_to(METHOD)) == 1
+    assert [text_of(parse_sse(response.content)) for response in responses] == [ANSWER] * 2
+    ends = [parse_sse(response.content)[-1][2] for response in responses]
+    assert [end.get("session_id") for end in ends] == [None, session_of(emulator)]
