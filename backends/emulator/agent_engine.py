@@ -63,62 +63,37 @@ def adk_events(query: str, count: int, turn: int) -> list[dict[str, Any]]:
     """The ADK events of one run, as the app's JSON (snake_case)."""
     pieces = answer_pieces(query, count, turn)
     text = "".join(pieces)
-    model = {"author": AUTHOR, "invocation_id": f"e-{turn}"}
+    step = {"author": AUTHOR, "invocation_id": f"e-{turn}"}
     call = {"id": "adk-1", "name": TOOL, "args": {"query": query}}
-    last = len(text[: -len(pieces[-1])].encode())
+    result = {"id": "adk-1", "name": TOOL, "response": {"result": TOOL_RESULT}}
+    cited = {"start_index": len(text[: -len(pieces[-1])].encode()), "end_index": len(text.encode())}
     return [
-        model
+        step
+        | _content("model", {"text": INTERMEDIATE_TEXT}, {"function_call": call})
+        | _usage(7, 3),
+        step | _content("user", {"function_response": result}),
+        *(step | {"partial": True} | _content("model", {"text": piece}) for piece in pieces),
+        step
+        | _content("model", {"text": text})
+        | _usage(12, count)
         | {
-            "content": {
-                "role": "model",
-                "parts": [{"text": INTERMEDIATE_TEXT}, {"function_call": call}],
-            },
-            "usage_metadata": {
-                "prompt_token_count": 7,
-                "candidates_token_count": 3,
-                "total_token_count": 10,
-            },
-        },
-        model
-        | {
-            "content": {
-                "role": "user",
-                "parts": [
-                    {
-                        "function_response": {
-                            "id": "adk-1",
-                            "name": TOOL,
-                            "response": {"result": TOOL_RESULT},
-                        }
-                    }
-                ],
-            }
-        },
-        *(
-            model | {"partial": True, "content": {"role": "model", "parts": [{"text": piece}]}}
-            for piece in pieces
-        ),
-        model
-        | {
-            "content": {"role": "model", "parts": [{"text": text}]},
             "grounding_metadata": {
                 "grounding_chunks": [{"web": SOURCE}],
-                "grounding_supports": [
-                    {
-                        "segment": {"start_index": last, "end_index": len(text.encode())},
-                        "grounding_chunk_indices": [0],
-                    }
-                ],
-            },
-            "usage_metadata": {
-                "prompt_token_count": 12,
-                "candidates_token_count": count,
-                "total_token_count": 12 + count,
+                "grounding_supports": [{"segment": cited, "grounding_chunk_indices": [0]}],
             },
             "finish_reason": "STOP",
             "turn_complete": True,
         },
     ]
+
+
+def _content(role: str, *parts: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"role": role, "parts": list(parts)}}
+
+
+def _usage(prompt: int, candidates: int) -> dict[str, Any]:
+    counts = {"prompt_token_count": prompt, "candidates_token_count": candidates}
+    return {"usage_metadata": counts | {"total_token_count": prompt + candidates}}
 
 
 def chunked(events: list[dict[str, Any]]) -> list[httpbody_pb2.HttpBody]:
