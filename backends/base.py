@@ -58,8 +58,9 @@ class Generation(BaseModel):
 class QARequest:
     """One question. A conversation goes on either through ``history``, the turns before the
     question, for backends that are sent the conversation (Gemini), or through
-    ``session_id`` where the backend keeps it (Agent Builder, which ignores ``history``).
-    ``generation`` and ``system`` shape this answer over the backend's configuration."""
+    ``session_id`` where the backend keeps it (Agent Builder, Agent Engine, which ignore
+    ``history``). ``generation`` and ``system`` shape this answer over the backend's
+    configuration."""
 
     query: str
     session_id: str | None = None
@@ -73,6 +74,9 @@ class QARequest:
         and the ``Generation`` fields): part of what makes its answer."""
         given = self.generation.given() if self.generation is not None else {}
         return given | ({"system": self.system} if self.system is not None else {})
+
+    user: str | None = None
+    """Who asks, when the gateway knows: for backends that keep per-user state (sessions)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -92,12 +92,11 @@ class SdkClient(Generic[C]):
         """
         call: Any = None
         try:
-            call = await getattr(self.get(), method)(
-                request=request, timeout=self._config.deadline_s
-            )
-            yield call
-        except UPSTREAM_ERRORS as exc:
-            raise map_error(exc) from None
+            with upstream_errors():
+                call = await getattr(self.get(), method)(
+                    request=request, timeout=self._config.deadline_s
+                )
+                yield call
         finally:
             if call is not None:
                 call.cancel()
@@ -107,6 +106,15 @@ class SdkClient(Generic[C]):
             client: Any = self._client
             await client.transport.close()
             self._client = None
+
+
+@contextmanager
+def upstream_errors() -> Iterator[None]:
+    """SDK and gRPC errors raised inside leave as ``BackendError`` (see ``map_error``)."""
+    try:
+        yield
+    except UPSTREAM_ERRORS as exc:
+        raise map_error(exc) from None
 
 
 def retry_delay(details: Iterable[object]) -> float | None:

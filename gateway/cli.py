@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("query", help="the question")
     ask.add_argument("--backend", help="a configured backend (default: the gateway's default)")
     ask.add_argument("--url", default=os.environ.get("QA_URL", "http://127.0.0.1:8080"))
-    ask.add_argument("--session", help="continue this session (Agent Builder backends)")
+    ask.add_argument(
+        "--session", help="continue this session (Agent Builder, Agent Engine backends)"
+    )
     ask.add_argument(
         "--api-key", default=os.environ.get("QA_API_KEY"), help="key or token (or $QA_API_KEY)"
     )

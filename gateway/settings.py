@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from backends.agent_builder import AgentBuilderConfig
+from backends.agent_engine import AgentEngineConfig
 from backends.gemini import GeminiConfig
 from gateway.http.auth import AuthSettings
 from gateway.http.cors import CORSSettings
@@ -27,7 +28,7 @@ from gateway.upstream.retry import RetryPolicy
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
 
 
-BackendConfig = GeminiConfig | AgentBuilderConfig
+BackendConfig = GeminiConfig | AgentBuilderConfig | AgentEngineConfig
 """A backend's own config, which is all it is given."""
 
 
@@ -61,8 +62,16 @@ class AgentBuilderEntry(AgentBuilderConfig, Policies):
     config_class = AgentBuilderConfig
 
 
-BackendEntry = Annotated[GeminiEntry | AgentBuilderEntry, Field(discriminator="type")]
-BACKEND_TYPES = ("gemini", "agent_builder")
+class AgentEngineEntry(AgentEngineConfig, Policies):
+    """``[backends.NAME]`` of ``type = "agent_engine"``."""
+
+    config_class = AgentEngineConfig
+
+
+BackendEntry = Annotated[
+    GeminiEntry | AgentBuilderEntry | AgentEngineEntry, Field(discriminator="type")
+]
+BACKEND_TYPES = ("gemini", "agent_builder", "agent_engine")
 
 
 class EmulatorSettings(BaseModel):

@@ -62,6 +62,24 @@ def both(emulator: Emulator, *, default: str = "gemini", **search: Any) -> Setti
     )
 
 
+def with_agent(emulator: Emulator, settings: Settings | None = None, **agent: Any) -> Settings:
+    """``settings`` (default: ``both``) plus an ``agent`` (Agent Engine) backend on
+    ``emulator``, with the policies of its ``gemini`` backend."""
+    settings = settings or both(emulator)
+    policies = settings.backends["gemini"].model_dump(include=set(Policies.model_fields))
+    entry = {
+        "type": "agent_engine",
+        "endpoint": emulator.address,
+        "insecure": True,
+        "reasoning_engine": "docs-agent",
+        **policies,
+        **agent,
+    }
+    backends = {name: backend.model_dump() for name, backend in settings.backends.items()}
+    data = settings.model_dump() | {"backends": backends | {"agent": entry}}
+    return Settings(**data)
+
+
 @asynccontextmanager
 async def serve(app: FastAPI) -> AsyncIterator[str]:
     """Run ``app`` under uvicorn on a free loopback port; yield its base URL."""

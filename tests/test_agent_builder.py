@@ -266,9 +266,10 @@ async def test_config_reaches_the_emulator(client: httpx.AsyncClient, emulator: 
     assert frames[0][2]["model"] == "ds1/sc1"
 
 
-def test_default_config_names_both_backends() -> None:
+def test_default_config_names_every_backend_type() -> None:
     settings = load_settings()
-    assert {entry.type for entry in settings.backends.values()} == {"gemini", "agent_builder"}
+    types = {entry.type for entry in settings.backends.values()}
+    assert types == {"gemini", "agent_builder", "agent_engine"}
 
 
 def test_bad_agent_builder_config_fails_the_boot(tmp_path: Path) -> None:

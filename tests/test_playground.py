@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 
-from backends.emulator import Behaviour, Emulator
+from backends.emulator import Behaviour, Emulator, agent_engine
 from backends.emulator.gemini import answer_chunks
 from backends.emulator.search import DOCUMENTS, SENTENCES, answer_pieces
-from tests.support import both, gateway
+from tests.support import both, gateway, with_agent
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -55,7 +55,7 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.fixture(scope="module")
 async def url(emulator: Emulator) -> AsyncIterator[str]:
-    async with gateway(both(emulator)) as base:
+    async with gateway(with_agent(emulator)) as base:
         yield base
 
 
@@ -98,7 +98,11 @@ def cited_documents(query: str) -> list[int]:
 
 async def test_backend_picker_lists_the_configured_backends(page: Page) -> None:
     options = page.locator("#backend option")
-    assert await options.evaluate_all("(all) => all.map((o) => o.value)") == ["gemini", "search"]
+    assert await options.evaluate_all("(all) => all.map((o) => o.value)") == [
+        "gemini",
+        "search",
+        "agent",
+    ]
     assert await page.input_value("#backend") == "gemini"
 
 
@@ -151,6 +155,25 @@ async def test_a_session_continues(page: Page, emulator: Emulator) -> None:
     third = await ask(page, "A new topic")
     await expect(third).to_have_attribute("data-state", "done")
     assert emulator.calls[2].turn == 1
+
+
+async def test_an_agent_answer_and_its_session(page: Page, emulator: Emulator) -> None:
+    first = await ask(page, QUERY, backend="agent")
+    await expect(first).to_have_attribute("data-state", "done")
+    await expect(first.locator(".answer")).to_have_text(
+        "".join(agent_engine.answer_pieces(QUERY, 8))
+    )
+    await expect(first.locator(".citations a")).to_have_text([agent_engine.SOURCE["title"]])
+    [created] = emulator.calls_to("CreateSession")
+    assert created.session is not None
+    await expect(page.locator("#continuing code")).to_have_text(created.session.rsplit("/", 1)[1])
+
+    second = await ask(page, "And then?")
+    await expect(second).to_have_attribute("data-state", "done")
+    await expect(second.locator(".answer")).to_contain_text("(turn 2)")
+    assert [call.session for call in emulator.calls_to(agent_engine.METHOD)] == [
+        created.session
+    ] * 2
 
 
 async def test_a_gemini_conversation_continues_with_its_history(

@@ -102,3 +102,9 @@ def test_a_bad_variable_is_named_not_the_file(
     lines = str(error.value).splitlines()[1:]
     assert lines[0].startswith("  backends.gemini.deadline_s ($QA_BACKENDS__GEMINI__DEADLINE_S):")
     assert lines[1].startswith(f"  backends.gemini.generation.temperature ({config}):")
+
+
+def test_an_agent_engine_backend_needs_its_reasoning_engine(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + '[backends.agent]\ntype = "agent_engine"\n')
+    with pytest.raises(ConfigError, match=r"backends\.agent\.reasoning_engine: Field required"):
+        load_settings(path)

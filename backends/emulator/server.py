@@ -19,14 +19,16 @@ Serve = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 def stream_handler(
     service: str, method: str, request_class: Any, response_class: Any, serve: Serve
 ) -> grpc.GenericRpcHandler:
-    """Serves the server-streaming ``service/method`` with ``serve``, in the SDK's messages."""
+    """Serves the server-streaming ``service/method`` with ``serve``, in the SDK's messages
+    (proto-plus classes, or raw protobuf ones such as ``google.api.HttpBody``)."""
+    serialize = getattr(response_class, "serialize", None) or response_class.SerializeToString
     return grpc.method_handlers_generic_handler(
         service,
         {
             method: grpc.unary_stream_rpc_method_handler(
                 serve,
                 request_deserializer=request_class.deserialize,
-                response_serializer=response_class.serialize,
+                response_serializer=serialize,
             )
         },
     )
@@ -79,9 +81,9 @@ class Call:
     cancelled: bool = False
     failed: str | None = None
     session: str | None = None
-    """Agent Builder: the session this call continued or started."""
+    """Agent Builder, Agent Engine: the session this call continued, started or asked about."""
     turn: int | None = None
-    """Agent Builder: which turn of ``session`` this call answers (1 for a new session)."""
+    """Which turn of ``session`` this call answers (1 for a new session)."""
     metadata: dict[str, str] = field(default_factory=dict)
     """The gRPC metadata or HTTP headers the call came with."""
 
@@ -97,7 +99,9 @@ class Emulator:
     rest_port: int = 0
     """The REST API's port (Gemini ``:streamGenerateContent``)."""
     sessions: dict[str, int] = field(default_factory=dict)
-    """Agent Builder sessions: name -> turns answered so far."""
+    """Agent Builder and Agent Engine sessions: name -> turns answered so far."""
+    session_users: dict[str, str] = field(default_factory=dict)
+    """Agent Engine sessions: name -> the user id that created it."""
     _server: grpc.aio.Server | None = None
     _rest: Any = None
     _failures: int = 0
@@ -118,10 +122,11 @@ class Emulator:
         return self.rest_address if protocol == "rest" else self.address
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, rest_port: int = 0) -> Emulator:
-        from backends.emulator import gemini, rest, search
+        from backends.emulator import agent_engine, gemini, rest, search
 
         self._server = grpc.aio.server()
-        self._server.add_generic_rpc_handlers((gemini.handler(self), search.handler(self)))
+        handlers = (gemini.handler(self), search.handler(self), *agent_engine.handlers(self))
+        self._server.add_generic_rpc_handlers(handlers)
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         await self._server.start()
         self._rest, self.rest_port = await rest.start(self, host, rest_port)
@@ -140,6 +145,7 @@ class Emulator:
         self.behaviour = behaviour or Behaviour()
         self.calls.clear()
         self.sessions.clear()
+        self.session_users.clear()
         self._failures = 0
         self._hangs = 0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import orjson
@@ -32,6 +32,8 @@ from gateway.upstream.base import Answer, Ask, Principal
 from gateway.upstream.trace import Trace
 
 M = TypeVar("M", bound=BaseModel)
+ANONYMOUS = "anonymous"
+"""The principal's name when no front door said who asks."""
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -105,7 +107,7 @@ def principal_of(request: Request) -> Principal:
     else the anonymous principal of the configured tenant."""
     principal: Principal | None = request.scope.get("state", {}).get("principal")
     if principal is None:
-        return Principal("anonymous", request.app.state.runtime.settings.cache.tenant)
+        return Principal(ANONYMOUS, request.app.state.runtime.settings.cache.tenant)
     return principal
 
 
@@ -130,9 +132,12 @@ async def _start(request: Request, runtime: Runtime, question: QARequest, name: 
     trace.backend = name
     trace.query = question.query
     directives = request.headers.get("cache-control", "").lower()
+    principal = principal_of(request)
+    if principal.name != ANONYMOUS:  # the front door's principal owns per-user backend state
+        question = replace(question, user=principal.name)
     ask = Ask(
         question,
-        principal=principal_of(request),
+        principal=principal,
         cache_read="no-cache" not in directives,
         cache_write="no-store" not in directives,
         trace=trace,

@@ -39,12 +39,13 @@ class QABody(BaseModel):
         None,
         min_length=1,
         max_length=256,
-        description="Continue this conversation (backends that keep sessions: Agent Builder).",
+        description="Continue this conversation (backends that keep sessions: Agent Builder, "
+        "Agent Engine).",
     )
     history: list[HistoryTurn] = Field(
         default_factory=list,
         description="The conversation so far, oldest first, for backends that are sent it "
-        "(Gemini); Agent Builder keeps its own through `session_id`.",
+        "(Gemini); session backends keep their own through `session_id`.",
     )
     generation: Generation | None = Field(
         None,

@@ -14,7 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backends.base import Backend
 from gateway.upstream.base import Answer, Ask, Upstream
-from gateway.upstream.entries import BackendCachePolicy, cache_key, identity_of, lookup, replay
+from gateway.upstream.entries import (
+    BackendCachePolicy,
+    cache_key,
+    identity_of,
+    lookup,
+    replay,
+    without_session,
+)
 from gateway.upstream.flight import Flights
 from gateway.upstream.miss import Miss, Misses
 from gateway.upstream.shared import SharedFlights
@@ -83,9 +90,12 @@ class Cached:
             events = await lookup(self.store, key)
             if events is not None:
                 return replay(self.backend, events)
-        flight, joined = await self.flights.board(key, lambda: Miss(key, ask, self.misses))
+        miss = Miss(key, ask, self.misses)
+        flight, joined = await self.flights.board(key, lambda: miss)
         if joined:
             ask.trace.coalesced = True
         answer = await flight.join()
+        if joined or not miss.store:  # another asker's call (or a replay): not its session
+            answer = without_session(answer)
         answer.cache = "MISS" if ask.cache_read else "BYPASS"
         return answer

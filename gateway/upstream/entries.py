@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -73,6 +75,22 @@ def encode_entry(events: Sequence[Event]) -> bytes:
             body.pop("session_id", None)
         bodies.append([event.type, body])
     return orjson.dumps({"v": SCHEMA, "events": bodies})
+
+
+def without_session(answer: Answer) -> Answer:
+    """``answer`` as an asker who did not start it sees it (a coalesced one): no session id on
+    its ``done``, as in a replay, so no two askers are handed the same session."""
+
+    async def rest() -> AsyncGenerator[Sequence[Event], None]:
+        async with aclosing(answer.rest) as batches:
+            async for batch in batches:
+                yield [_unowned(event) for event in batch]
+
+    return Answer(answer.backend, _unowned(answer.first), rest(), answer.cache, answer.aclose)
+
+
+def _unowned(event: Event) -> Event:
+    return replace(event, session_id=None) if isinstance(event, Done) else event
 
 
 def decode_entry(value: bytes) -> list[Event] | None:
