@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -133,8 +134,9 @@ def handlers(emulator: Emulator) -> tuple[grpc.GenericRpcHandler, grpc.GenericRp
         events = adk_events(
             str(arguments.get("message", "")), emulator.behaviour.chunks, call.turn or 1
         )
-        async for body in grpc_play(emulator, call, context, chunked(events)):
-            yield body
+        async with aclosing(grpc_play(emulator, call, context, chunked(events))) as played:
+            async for body in played:
+                yield body
         if call.session is not None and call.turn is not None:
             emulator.sessions[call.session] = call.turn
 
