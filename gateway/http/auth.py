@@ -26,9 +26,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.http.errors import HTTPProblem
 from gateway.http.keys import KeyHash, KeySettings, matching
-from gateway.http.limits import LimitOverrides
 from gateway.http.tokens import InvalidToken, JWTSettings, KeySetUnavailable, TokenVerifier
 from gateway.upstream.base import Principal
+from gateway.upstream.limits import LimitOverrides
 
 log = logging.getLogger("gateway")
 OPEN = frozenset({"/", "/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"})

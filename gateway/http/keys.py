@@ -16,7 +16,7 @@ from typing import Annotated
 
 from pydantic import ConfigDict, Field, StringConstraints
 
-from gateway.http.limits import LimitOverrides
+from gateway.upstream.limits import LimitOverrides
 
 KeyHash = Annotated[
     str, StringConstraints(pattern=r"^[0-9a-f]{64}$", strip_whitespace=True, to_lower=True)
