@@ -189,4 +189,5 @@ def test_config_names_the_engine_and_keeps_whose_session_out_of_cache_keys() -> 
         "reasoning_engine": "123",
         "class_method": "async_stream_query",
         "include_intermediate": False,
+        "requests": {"allow": None, "max_output_tokens": None, "system": "append"},
     }
