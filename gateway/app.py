@@ -23,7 +23,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with running(settings, metrics.redis_errors.inc) as runtime:
+        async with running(
+            settings, metrics.redis_errors.inc, metrics.redis_bad_values.inc
+        ) as runtime:
             app.state.runtime = runtime
             yield
 

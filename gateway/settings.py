@@ -20,6 +20,7 @@ from backends.gemini import GeminiConfig
 from gateway.upstream.cache import CacheSettings
 from gateway.upstream.entries import BackendCachePolicy
 from gateway.upstream.retry import RetryPolicy
+from gateway.upstream.streams import ResumeSettings
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
 
@@ -107,6 +108,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     """``redis://host:port/db`` to cache in (and coalesce through) Redis; in memory if unset."""
     cache: CacheSettings = CacheSettings()
+    resume: ResumeSettings = ResumeSettings()
     log_queries: bool = False
     """Put the query text in the request log lines (off: queries may hold personal data)."""
 

@@ -58,6 +58,9 @@ class Metrics:
             "qa_coalesced", "Requests that shared another's upstream call.", by_backend
         )
         self.redis_errors = counter("qa_redis_errors", "Failed Redis calls.")
+        self.redis_bad_values = counter(
+            "qa_redis_bad_values", "Redis keys found holding a wrong or undecodable value."
+        )
 
     def record(self, route: str, trace: Trace) -> None:
         backend = trace.backend or ""

@@ -88,12 +88,19 @@ class _Started:
     idle_s: float
 
     def head(self) -> Head:
-        backend = self.answer.backend
-        cached = self.answer.cache == "HIT"
-        return Head(self.trace.request_id, backend.name, backend.model, backend.emulated, cached)
+        backend, answer = self.answer.backend, self.answer
+        cached = answer.cache == "HIT"
+        return Head(
+            self.trace.request_id,
+            backend.name,
+            backend.model,
+            backend.emulated,
+            cached,
+            answer.stream_id,
+        )
 
     def headers(self) -> dict[str, str]:
-        return STREAM_HEADERS | {"X-Cache": self.answer.cache}
+        return STREAM_HEADERS | {"X-Cache": self.answer.cache, "X-Stream-ID": self.answer.stream_id}
 
 
 def principal_of(request: Request) -> Principal:
