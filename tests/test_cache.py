@@ -70,9 +70,7 @@ def answer_keys(prefix: str, url: str = SHARED_URL) -> dict[bytes, int]:
 def comparable(frames: list[tuple[int, str, dict[str, Any]]]) -> list[Any]:
     """Frames without what legitimately differs between two answers: request id, cached,
     stream id."""
-    meta = {
-        k: v for k, v in frames[0][2].items() if k not in ("request_id", "cached", "stream_id")
-    }
+    meta = {k: v for k, v in frames[0][2].items() if k not in ("request_id", "cached", "stream_id")}
     return [(0, "meta", meta), *frames[1:]]
 
 

@@ -67,25 +67,35 @@ def check_query(request: Request, query: str, field: str = "query") -> None:
 
 
 async def deliver(
-    request: Request, send: Send, question: QARequest, backend: str | None, format: Format
+    request: Request,
+    send: Send,
+    question: QARequest,
+    backend: str | None,
+    format: Format,
+    cache_control: str | None = None,
 ) -> None:
     """Answer ``question`` with ``backend`` (the default if None) in ``format``; the client
-    leaving cancels the answer at any point (``Departure``). Call once the body is read."""
+    leaving cancels the answer at any point (``Departure``). Call once the body is read.
+    ``cache_control``: the directives to follow (default: the request's header)."""
     runtime: Runtime = request.app.state.runtime
-    name = _backend_named(runtime, backend)
+    name = backend_named(runtime, backend)
+    if cache_control is None:
+        cache_control = request.headers.get("cache-control", "")
     async with Departure(request.receive):
-        started = await _start(request, runtime, question, name)
-        response = await _respond(started, request.app.state.guards, format)
+        started = await _start(request, runtime, question, name, cache_control.lower())
+        response = await respond(started, request.app.state.guards, format)
         await response(request.scope, request.receive, send)
 
 
 @dataclass(slots=True)
-class _Started:
+class Started:
     """An answer whose first event is in: the HTTP status is now 200."""
 
     answer: Answer
     trace: Trace
     idle_s: float
+    after: int = -1
+    """A resume: the client has the events up to this one (``Head.after``)."""
 
     def head(self) -> Head:
         backend, answer = self.answer.backend, self.answer
@@ -97,6 +107,7 @@ class _Started:
             backend.emulated,
             cached,
             answer.stream_id,
+            self.after,
         )
 
     def headers(self) -> dict[str, str]:
@@ -112,7 +123,7 @@ def principal_of(request: Request) -> Principal:
     return principal
 
 
-def _backend_named(runtime: Runtime, name: str | None) -> str:
+def backend_named(runtime: Runtime, name: str | None) -> str:
     """The backend to ask: ``name`` or the default; 404 listing the configured ones."""
     name = name or runtime.settings.default_backend
     if name not in runtime.upstreams:
@@ -121,18 +132,28 @@ def _backend_named(runtime: Runtime, name: str | None) -> str:
     return name
 
 
-async def _start(request: Request, runtime: Runtime, question: QARequest, name: str) -> _Started:
-    """Open the answer through cache, retries and fallback; an error status if it can't start."""
+def trace_of(request: Request) -> Trace:
+    """The request's trace (started by ``Observed``), or a new one."""
+    trace: Trace | None = request.scope.get("state", {}).get("trace")
+    return trace if trace is not None else Trace(uuid.uuid4().hex)
+
+
+def check_draining(request: Request) -> None:
+    """503 once the gateway is shutting down."""
     if request.app.state.guards.draining:
         raise HTTPProblem(
             503, "shutting_down", "the gateway is shutting down", headers={"Retry-After": "1"}
         )
-    trace: Trace | None = request.scope.get("state", {}).get("trace")  # from ``Observed``
-    if trace is None:
-        trace = Trace(uuid.uuid4().hex)
+
+
+async def _start(
+    request: Request, runtime: Runtime, question: QARequest, name: str, directives: str
+) -> Started:
+    """Open the answer through cache, retries and fallback; an error status if it can't start."""
+    check_draining(request)
+    trace = trace_of(request)
     trace.backend = name
     trace.query = question.query
-    directives = request.headers.get("cache-control", "").lower()
     ask = Ask(
         question,
         principal=principal_of(request),
@@ -147,10 +168,10 @@ async def _start(request: Request, runtime: Runtime, question: QARequest, name: 
     trace.first_event_s = time.perf_counter() - trace.started
     trace.cache = answer.cache
     trace.answered_by = answer.backend.name
-    return _Started(answer, trace, runtime.settings.backends[answer.backend.name].idle_s)
+    return Started(answer, trace, runtime.settings.backends[answer.backend.name].idle_s)
 
 
-async def _respond(started: _Started, guards: Guards, format: Format) -> Response:
+async def respond(started: Started, guards: Guards, format: Format) -> Response:
     """A streamed response of the answer, or (``format.streamed`` false) the whole body, with
     the status of its failure if it fails midway."""
     outcomes = guarded(started.answer, started.trace, started.idle_s, guards)

@@ -19,7 +19,6 @@ from gateway.upstream.streams import (
     Origin,
     Reading,
     ResumeSettings,
-    decode,
     encode_end,
     encode_event,
     event_of,
@@ -98,7 +97,7 @@ class MemoryJournal:
         if value is None:
             return None
         origin, cacheable, entries = orjson.loads(value)
-        return Origin.of(origin), cacheable, [decode(entry) for entry in entries]
+        return Origin.of(origin), cacheable, [(str(kind), body) for kind, body in entries]
 
 
 class MemoryRecorder:
