@@ -222,3 +222,19 @@ async def test_every_answer_carries_its_stream_id(
         == httpx.Response(200, content=ndjson.content.split(b"\n")[0]).json()["stream_id"]
     )
     assert len(chat.headers["x-stream-id"]) >= 22
+
+
+@pytest.mark.parametrize("redis", [False, True], ids=["memory", "redis"])
+async def test_an_answer_past_the_caps_reaches_its_client_but_is_not_kept(
+    client: httpx.AsyncClient, emulator: Emulator, prefix: str, redis: bool
+) -> None:
+    emulator.reset(Behaviour(chunks=12))
+    settings = resumable(emulator, prefix if redis else None, max_events=5)
+    async with gateway(settings) as url:
+        answers = [await client.post(f"{url}/qa", json=QUERY) for _ in range(2)]
+        kinds = [kind for _, kind, _ in parse_sse(answers[0].content)]
+        assert kinds == ["meta"] + ["delta"] * 12 + ["done"]
+        assert [a.headers["x-cache"] for a in answers] == ["MISS", "MISS"]
+        stream_id = answers[0].headers["x-stream-id"]
+        assert (await client.get(f"{url}/qa/streams/{stream_id}")).status_code == 404
+    assert len(emulator.calls) == 2

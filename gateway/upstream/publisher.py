@@ -6,15 +6,17 @@ import asyncio
 import contextlib
 import logging
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
 from backends.base import BackendError, Event
 from gateway.upstream.flight import Flight
-from gateway.upstream.redis_journal import RedisJournal
 from gateway.upstream.stores import is_key_problem
 from gateway.upstream.streams import ResumeSettings, encode, encode_end, encode_event
+
+if TYPE_CHECKING:
+    from gateway.upstream.redis_journal import RedisJournal
 
 log = logging.getLogger("gateway.streams")
 

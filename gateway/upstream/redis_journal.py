@@ -16,26 +16,24 @@ and counted (``on_bad_value``), never an outage (the breaker only opens for Redi
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
-from backends.base import BackendError, Event, TransientError
-from gateway.upstream.flight import ABANDONED, Flight
-from gateway.upstream.stores import Breaker, is_key_problem
+from backends.base import BackendError, Event
+from gateway.upstream.flight import Flight
+from gateway.upstream.publisher import Publisher
+from gateway.upstream.redis_reader import StreamReader, origin_of
+from gateway.upstream.stores import Breaker
 from gateway.upstream.streams import (
     Origin,
     Reading,
     ResumeSettings,
-    decode,
-    encode,
     event_of,
-    is_end,
     is_stream_id,
 )
 
@@ -84,7 +82,8 @@ class RedisJournal:
         on_bad_value: Callable[[], object] = lambda: None,
     ) -> None:
         self.redis = redis
-        self.reader = reader  # blocking reads need a longer socket timeout
+        self.blocking = reader  # blocking reads need a longer socket timeout
+        self.reader = StreamReader(self)
         self.breaker = breaker
         self.prefix = prefix
         self.settings = settings
@@ -137,7 +136,7 @@ class RedisJournal:
         if not found or b"c" not in found[-1][1]:
             return None  # gone, live, or not a cache entry
         try:
-            origin, entries_ = _origin(found)
+            origin, entries_ = origin_of(found)
             events = [event_of(kind, body) for kind, body in entries_]
         except (BackendError, ValueError, TypeError, KeyError) as error:
             await self.bad(error, events_key)
@@ -179,135 +178,19 @@ class RedisJournal:
         await self.call(take, None, key)
 
     async def follow(self, stream_id: str, timeout_s: float, finished: bool) -> Reading | None:
-        keys = self.keys(stream_id)
-        counted = await self.call(lambda: self._count(keys, +1), None, keys.followers) is not None
-        batches = None
-        try:
-            async with asyncio.timeout(timeout_s):
-                opened = await self._open(keys, 0, wait=True)
-                if opened is None:
-                    raise _LostError("no such stream")
-                origin, ready, last = opened
-                end = ready[-1] if ready and is_end(ready[-1][0]) else None
-                if end is not None and (not finished or end[1].get("code") == ABANDONED):
-                    raise _LostError("finished")  # not to be replayed, or abandoned
-                batches, counted = self._batches(keys, ready, last, counted), False
-                first = await anext(batches)  # from here on, ``batches`` uncounts itself
-        except (TimeoutError, StopAsyncIteration, _LostError, TransientError) as error:
-            if isinstance(error, TransientError) and error.code != "unavailable":
-                raise  # the error the answer failed with
-            return None  # nobody is answering after all: answer it here
-        finally:
-            if counted:
-                await self.call(lambda: self._count(keys, -1), None, keys.followers)
-        return Reading(origin, _prepend(first, batches))
+        return await self.reader.follow(stream_id, timeout_s, finished)
 
     async def read(self, stream_id: str, after: int) -> Reading | None:
-        if not is_stream_id(stream_id):
-            return None
-        keys = self.keys(stream_id)
-        opened = await self._open(keys, after)
-        if opened is None:
-            return None
-        origin, ready, last = opened
-        return Reading(origin, self._batches(keys, ready, last, counted=None))
+        return await self.reader.read(stream_id, after)
 
-    def recorder(self, flight: Flight, key: str | None, settings: ResumeSettings) -> Any:
-        from gateway.upstream.publisher import Publisher
-
+    def recorder(self, flight: Flight, key: str | None, settings: ResumeSettings) -> Publisher:
         return Publisher(self, flight, key, settings)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
-        await self.reader.aclose()
+        await self.blocking.aclose()
 
-    async def _open(
-        self, keys: StreamKeys, after: int, wait: bool = False
-    ) -> tuple[Origin, list[Entry], bytes] | None:
-        """The stream's origin, its entries after ``after`` (one round trip) and the id of
-        the last; with ``wait``, a live stream's first entries are waited for."""
-
-        async def first() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xrange(keys.events, "1-0", "1-0")
-                pipe.xrange(keys.events, f"(1-{max(after, 0)}", "+", count=512)
-                return list(await pipe.execute())
-
-        replies: list[Any] = await self.call(first, [], keys.events)
-        if not replies:
-            return None
-        meta, messages = replies
-        try:
-            if not meta and wait:
-                entries, last = await self._next(keys, b"0-0")  # the origin comes first
-                meta, ready = [(b"1-0", {b"e": _encoded(entries[0])})], entries[1:]
-            elif not meta:
-                return None
-            else:
-                ready = [decode(fields[b"e"]) for _, fields in messages]
-                last = messages[-1][0] if messages else f"1-{max(after, 0)}".encode()
-            origin, _ = _origin(meta)
-        except (ValueError, TypeError, KeyError) as error:
-            await self.bad(error, keys.events)
-            return None
-        return origin, ready, last
-
-    async def _batches(
-        self, keys: StreamKeys, ready: list[Entry], last: bytes, counted: bool | None
-    ) -> AsyncGenerator[Sequence[Event], None]:
-        """The events of ``ready`` and those after ``last``, up to the end. ``counted``:
-        whether this reader is counted among the followers (None: count it while it reads a
-        live stream)."""
-        if counted is None:
-            live = not (ready and is_end(ready[-1][0]))
-            counted = live and (
-                await self.call(lambda: self._count(keys, +1), None, keys.followers) is not None
-            )
-        try:
-            while True:
-                events: list[Event] = []
-                for kind, body in ready:
-                    if kind == "error" and events:
-                        yield events
-                    events.append(event_of(kind, body))  # an ``error`` raises
-                    if kind == "done":
-                        yield events
-                        return
-                if events:
-                    yield events
-                ready, last = await self._next(keys, last)
-        except _LostError as lost:
-            raise TransientError("unavailable", f"lost the answer stream: {lost}") from None
-        finally:
-            if counted:
-                await self.call(lambda: self._count(keys, -1), None, keys.followers)
-
-    async def _next(self, keys: StreamKeys, last: bytes) -> tuple[list[Entry], bytes]:
-        """The entries after ``last`` once there are some; ``_LostError`` if the instance
-        answering is gone or Redis fails (not gated by the breaker: a reader has no other
-        source)."""
-        while True:
-            try:
-                reply: Any = await self.reader.xread(
-                    {keys.events: last}, count=256, block=self.block_ms
-                )
-                if not reply and not await self.reader.exists(keys.live):
-                    raise _LostError("the instance answering it is gone")
-                messages = reply[0][1] if reply else []
-                entries = [decode(fields[b"e"]) for _, fields in messages]
-            except (ResponseError, ValueError, TypeError, KeyError) as error:
-                if isinstance(error, ResponseError) and not is_key_problem(error):
-                    self.breaker.failed(error)
-                    raise _LostError("Redis is unavailable") from None
-                await self.bad(error, keys.events)
-                raise _LostError("its stream was corrupt") from None
-            except (RedisError, OSError, TimeoutError) as error:
-                self.breaker.failed(error)
-                raise _LostError("Redis is unavailable") from None
-            if entries:
-                return entries, messages[-1][0]
-
-    async def _count(self, keys: StreamKeys, step: int) -> int:
+    async def count(self, keys: StreamKeys, step: int) -> int:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.incrby(keys.followers, step)
             pipe.pexpire(keys.followers, self.keep_ms)
@@ -321,31 +204,3 @@ class RedisJournal:
         if not value.lstrip(b"-").isdigit():
             raise BadValue(keys.followers)
         return int(value)
-
-
-class _LostError(Exception):
-    """The stream can no longer be followed."""
-
-
-def _encoded(entry: Entry) -> bytes:
-    return encode(*entry)
-
-
-def _origin(messages: list[Any]) -> tuple[Origin, list[Entry]]:
-    """The origin in a stream's first entry, and the entries after it."""
-    entries = [decode(fields[b"e"]) for _, fields in messages]
-    kind, body = entries[0]
-    if kind != "meta" or messages[0][0] != b"1-0":
-        raise ValueError("the stream does not start with its origin")
-    return Origin.of(body), entries[1:]
-
-
-async def _prepend(
-    first: Sequence[Event], rest: AsyncGenerator[Sequence[Event], None]
-) -> AsyncGenerator[Sequence[Event], None]:
-    try:
-        yield first
-        async for batch in rest:
-            yield batch
-    finally:
-        await rest.aclose()
