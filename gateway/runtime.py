@@ -20,7 +20,7 @@ from gateway.upstream.base import Direct, Upstream
 from gateway.upstream.budget import RetryBudget
 from gateway.upstream.cache import Cached
 from gateway.upstream.fallback import Fallback
-from gateway.upstream.flight import Flights
+from gateway.upstream.flights import Flights
 from gateway.upstream.memory_journal import MemoryJournal
 from gateway.upstream.redis_journal import RedisJournal
 from gateway.upstream.retry import Retrying

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from backends.base import Backend, Event
 from gateway.upstream.base import Principal
-from gateway.upstream.flight import Flights
+from gateway.upstream.flights import Flights
 from gateway.upstream.streams import Journal, is_stream_id
 
 

@@ -18,7 +18,8 @@ from backends.base import Backend, Done, Event
 from gateway.upstream.attempt import Attempt, Attempts
 from gateway.upstream.base import Answer, Ask, Upstream
 from gateway.upstream.entries import BackendCachePolicy, cache_key, identity_of
-from gateway.upstream.flight import Flight, Flights
+from gateway.upstream.flight import Flight
+from gateway.upstream.flights import Flights
 from gateway.upstream.streams import Journal, Origin, ResumeSettings, new_stream_id
 
 

@@ -6,19 +6,21 @@ after its last event). When the last client leaves, the answer goes on for ``det
 (the detach window) for a resume or a new asker to join; after it, the call is cancelled
 unless the source says someone elsewhere follows it. A failure reaches every client as the
 same error. The end (``done`` or the error) reaches clients only after the source's
-``on_end`` has run: whoever saw ``done`` finds the answer stored. ``Flights`` keeps the
-flights in progress by question and by stream id.
+``on_end`` has run: whoever saw ``done`` finds the answer stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from backends.base import Backend, BackendError, Event, TransientError
 from gateway.upstream.base import Answer
 from gateway.upstream.streams import Origin
+
+if TYPE_CHECKING:
+    from gateway.upstream.flights import Flights
 
 ABANDONED = "abandoned"
 """The error code of a flight every client left (it reaches only followers elsewhere)."""
@@ -29,23 +31,18 @@ class Source(Protocol):
 
     async def open(self, flight: Flight) -> Answer:
         """Start the answer (raises ``BackendError`` if it cannot start)."""
-        ...
 
     def on_event(self, event: Event) -> None:
         """An event clients may now see (not the final ``done``: that comes with the end)."""
-        ...
 
     def followed_elsewhere(self) -> bool:
         """Asked once the detach window is over: True keeps the call going."""
-        ...
 
     async def on_end(self, flight: Flight) -> None:
         """The flight is over (complete, failed or abandoned); clients wait for this."""
-        ...
 
     def resumable(self) -> bool:
-        """False once the stream is past its caps: only the clients it has read it."""
-        ...
+        """False once the stream is past its caps."""
 
 
 class Flight:
@@ -117,9 +114,11 @@ class Flight:
     def resumable(self) -> bool:
         return self._source.resumable()
 
-    def resume(self, after: int) -> AsyncGenerator[Sequence[Event], None]:
-        """The events after the ``after``-th (1 is the first), live until the end."""
-        return self._follow(self._arrive(), after)
+    async def resume(self, after: int) -> AsyncGenerator[Sequence[Event], None]:
+        """The events after the ``after``-th (1 is the first), live until the end; the
+        reader counts as a client while it reads."""
+        async for batch in self._follow(self._arrive(), after):
+            yield batch
 
     async def finished(self) -> None:
         """Wait until the flight has ended (its source's ``on_end`` has run)."""
@@ -229,41 +228,3 @@ class Flight:
     def _wake(self) -> None:
         self._changed.set()
         self._changed.clear()
-
-
-class Flights:
-    """The flights in progress, by question key and by stream id."""
-
-    def __init__(self) -> None:
-        self._flying: dict[str, Flight] = {}
-        self.by_id: dict[str, Flight] = {}
-
-    def flying(self, key: str) -> Flight | None:
-        """The flight answering question ``key`` that a new asker may join."""
-        flight = self._flying.get(key)
-        return flight if flight is not None and not flight.abandoned else None
-
-    async def board(self, key: str, start: Callable[[], Flight]) -> tuple[Flight, bool]:
-        """The flight answering ``key``, started by ``start()`` if there is none; True with
-        it when it was already flying (the asker shares another's call)."""
-        flight = self._flying.get(key)
-        while flight is not None and flight.abandoned:
-            await flight.finished()  # and its stream with it: never follow a dying flight
-            flight = self._flying.get(key)
-        if flight is not None:
-            return flight, True
-        return start(), False
-
-    def add(self, key: str | None, flight: Flight) -> None:
-        self.by_id[flight.stream_id] = flight
-        if key is not None:
-            self._flying[key] = flight
-
-    def rename(self, flight: Flight, stream_id: str) -> None:
-        self.by_id.pop(flight.stream_id, None)
-        self.by_id[stream_id] = flight
-
-    def land(self, key: str | None, flight: Flight) -> None:
-        self.by_id.pop(flight.stream_id, None)
-        if key is not None and self._flying.get(key) is flight:
-            del self._flying[key]
