@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway.http import errors, openai, openapi, ops, qa
+from gateway.http import errors, openai, openapi, ops, qa, resume
 from gateway.http.guard import Guards
 from gateway.http.observe import Metrics, Observed
 from gateway.runtime import running
@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
     app.add_middleware(Observed, metrics=metrics, log_queries=settings.log_queries)
     paths = {"/qa": qa.OPENAPI_PATH, "/v1/chat/completions": openai.OPENAPI_PATH}
+    paths["/qa/streams/{stream_id}"] = resume.OPENAPI_PATH
     openapi.document(app, paths, qa.OPENAPI_SCHEMAS | openai.OPENAPI_SCHEMAS)
     errors.install(app)
     return app

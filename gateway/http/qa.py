@@ -139,7 +139,20 @@ OPENAPI_PATH = {
                 "schema": {"enum": list(formats.QA_FORMATS), "type": "string"},
             }
         ],
-    )
+    ),
+    "get": {
+        "summary": "Answer a question as a stream, for EventSource",
+        "description": "The same answer as `POST /qa`, from the query string. With "
+        "`Last-Event-ID`, resumes the answer the question finds instead of asking again. "
+        "`Cache-Control` is not read.",
+        "operationId": "qa_get",
+        "parameters": [
+            {"name": name, "in": "query", "required": name == "query", "schema": {"type": "string"}}
+            for name in ("query", "backend", "session_id", "format", "last_event_id")
+        ]
+        + [resume.LAST_EVENT_ID],
+        "responses": {"200": {"description": "The answer's events.", "content": resume.MEDIA}},
+    },
 }
 """``/qa`` in the OpenAPI document (a plain ASGI route has none of its own)."""
 OPENAPI_SCHEMAS = openapi.schemas(QABody)

@@ -121,6 +121,27 @@ class StreamEndpoint:
         await send_resumed(request, send, found, stream_id, after, chosen)
 
 
+LAST_EVENT_ID = {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}}
+MEDIA: dict[str, object] = {"text/event-stream": {}, "application/x-ndjson": {}, "text/plain": {}}
+OPENAPI_PATH = {
+    "get": {
+        "summary": "Resume an answer",
+        "description": "The events after `Last-Event-ID` (or `?last_event_id=`), numbered as "
+        "the original stream, live until its end; without it, from `meta`.",
+        "operationId": "qa_stream",
+        "parameters": [
+            {"name": "stream_id", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "last_event_id", "in": "query", "schema": {"type": "integer"}},
+            LAST_EVENT_ID,
+        ],
+        "responses": {
+            "200": {"description": "The events after the last one seen.", "content": MEDIA},
+            "204": {"description": "The answer has ended; nothing left after that id."},
+            "404": {"description": "`stream_not_found`: unknown, expired or not yours."},
+        },
+    }
+}
+"""``/qa/streams/{stream_id}`` in the OpenAPI document."""
 ROUTE = Route("/qa/streams/{stream_id}", StreamEndpoint(), methods=["GET"], include_in_schema=False)
 
 
