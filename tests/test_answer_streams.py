@@ -80,3 +80,27 @@ async def test_a_wrong_typed_value_is_replaced_and_never_pauses_caching(
         assert await metric(client, url, "qa_redis_errors_total") == 0
         assert await metric(client, url, "qa_redis_bad_values_total") >= 1
     assert all(ttl > 0 for ttl in keys_under(SHARED_URL, prefix).values())
+
+
+async def test_a_follower_elsewhere_gets_the_error_of_the_attempt_it_joined(
+    emulator: Emulator, prefix: str
+) -> None:
+    """The attempt it joined fails before its first event (quota, after a retry): the
+    follower gets that error too, with no upstream call of its own; the next asker starts
+    afresh."""
+    slow_retry = {"attempts": 2, "initial_s": 0.6, "max_s": 0.6}
+    settings = cached(emulator, prefix, entry={"retry": slow_retry})
+    async with (
+        gateway(settings) as first_url,
+        gateway(settings) as second_url,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        emulator.reset(Behaviour(fail_first=2, fail_code="RESOURCE_EXHAUSTED"))
+        answering = asyncio.create_task(client.post(f"{first_url}/qa", json=QUERY))
+        assert await wait_for(lambda: len(emulator.calls) == 1)  # now in its backoff
+        following = await client.post(f"{second_url}/qa", json=QUERY)
+        failed = await answering
+        assert (failed.status_code, following.status_code) == (429, 429)
+        assert len(emulator.calls) == 2  # both from the first instance
+        again = await client.post(f"{second_url}/qa", json=QUERY)
+    assert again.status_code == 200 and len(emulator.calls) == 3

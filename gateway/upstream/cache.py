@@ -103,8 +103,9 @@ class Cached:
         return answer
 
     def _start(self, key: str | None, ask: Ask) -> Flight:
-        def origin(backend: Backend) -> Origin:
-            return Origin(backend.name, ask.principal, shared=key is not None)
+        def origin(backend: Backend | None) -> Origin:
+            name = (backend or self.backend).name
+            return Origin(name, ask.principal, shared=key is not None)
 
         source = Attempt(key, ask, self.attempts)
         return Flight(source, self.flights, key, new_stream_id(), self.resume.detach_s, origin)

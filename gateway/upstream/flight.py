@@ -55,11 +55,11 @@ class Flight:
         key: str | None,
         stream_id: str,
         detach_s: float,
-        origin: Callable[[Backend], Origin],
+        origin: Callable[[Backend | None], Origin],
     ) -> None:
         """Kept in ``flights`` (under question ``key`` if any) until it is over, before its
-        end reaches any client; ``origin`` names the stream's owner once the answering
-        backend is known."""
+        end reaches any client; ``origin`` names the stream's owner and the backend that
+        answered (None: the one asked)."""
         self.stream_id = stream_id
         self._flights = flights
         self._key = key
@@ -113,6 +113,10 @@ class Flight:
 
     def resumable(self) -> bool:
         return self._source.resumable()
+
+    def owner(self) -> Origin:
+        """The stream's origin; before any backend answered, as asked of the first."""
+        return self.origin or self._origin_of(None)
 
     async def resume(self, after: int) -> AsyncGenerator[Sequence[Event], None]:
         """The events after the ``after``-th (1 is the first), live until the end; the

@@ -70,18 +70,15 @@ class Publisher:
 
     def push(self, event: Event) -> None:
         """Publish ``event`` with the next round trip."""
-        if not self._pending and not self._seq and self._flight.origin is not None:
-            self._pending.append((0, encode("meta", self._flight.origin.body())))
+        self._origin_first()
         self._seq += 1
         self._add(self._seq, encode_event(event))
 
     async def finish(self, end: Event | BackendError, cache_ttl_s: float | None) -> None:
-        """Publish the end, wait for the last batch, then leave the stream for ``keep_s``
-        (or, with ``cache_ttl_s``, as the question's cached answer)."""
-        if self._flight.origin is not None and not self._seq and not self._pending:
-            self._pending.append((0, encode("meta", self._flight.origin.body())))
-        if self._flight.origin is None:
-            self.capped = True  # failed before its first event: no stream to keep
+        """Publish the end (followers elsewhere get the same error, even one before the first
+        event), wait for the last batch, then leave the stream for ``keep_s`` (or, with
+        ``cache_ttl_s``, as the question's cached answer)."""
+        self._origin_first()
         self._seq += 1
         self._end = (encode_end(end), cache_ttl_s)
         self._add(self._seq, self._end[0])
@@ -89,6 +86,10 @@ class Publisher:
         self._ready.set()
         await self._task
         await self.journal.call(partial(self._close, cache_ttl_s), None, self.keys.events)
+
+    def _origin_first(self) -> None:
+        if not self._seq:  # entry 0: whose stream it is, and who answered
+            self._pending.append((0, encode("meta", self._flight.owner().body())))
 
     def _add(self, seq: int, entry: bytes) -> None:
         if self.capped:

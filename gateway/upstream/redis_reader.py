@@ -44,9 +44,7 @@ class StreamReader:
                     raise _LostError("finished")  # not to be replayed, or abandoned
                 batches, counted = self._batches(keys, ready, last, counted), False
                 first = await anext(batches)  # from here on, ``batches`` uncounts itself
-        except (TimeoutError, StopAsyncIteration, _LostError, TransientError) as error:
-            if isinstance(error, TransientError) and error.code != "unavailable":
-                raise  # the error the answer failed with
+        except (TimeoutError, StopAsyncIteration, _LostError, LostStream):
             return None  # nobody is answering after all: answer it here
         finally:
             if counted:
@@ -120,7 +118,7 @@ class StreamReader:
                     yield events
                 ready, last = await self._next(keys, last)
         except _LostError as lost:
-            raise TransientError("unavailable", f"lost the answer stream: {lost}") from None
+            raise LostStream("unavailable", f"lost the answer stream: {lost}") from None
         finally:
             if counted:
                 await self.journal.call(lambda: self.journal.count(keys, -1), None, keys.followers)
@@ -149,6 +147,10 @@ class StreamReader:
                 raise _LostError("Redis is unavailable") from None
             if entries:
                 return entries, messages[-1][0]
+
+
+class LostStream(TransientError):
+    """The stream can no longer be followed (its error to a reader that had started)."""
 
 
 class _LostError(Exception):
