@@ -39,7 +39,6 @@ from gateway.upstream.streams import (
 
 log = logging.getLogger("gateway.streams")
 T = TypeVar("T")
-Entry = tuple[str, dict[str, Any]]
 Redis = Any
 """A ``redis.asyncio.Redis`` or ``RedisCluster`` client (the commands used exist in both)."""
 
