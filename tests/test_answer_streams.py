@@ -104,3 +104,23 @@ async def test_a_follower_elsewhere_gets_the_error_of_the_attempt_it_joined(
         assert len(emulator.calls) == 2  # both from the first instance
         again = await client.post(f"{second_url}/qa", json=QUERY)
     assert again.status_code == 200 and len(emulator.calls) == 3
+
+
+async def test_what_redis_holds_for_a_cached_answer(
+    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+) -> None:
+    """The question's pointer and its stream under the stream's hash tag, both expiring;
+    entry ``1-n`` is the n-th event, ``1-0`` the origin; no heartbeat once finished."""
+    async with gateway(cached(emulator, prefix)) as url:
+        answer = await client.post(f"{url}/qa", json=QUERY)
+    stream_id = answer.headers["x-stream-id"]
+    [key] = answer_keys(prefix)
+    events_key = f"{prefix}s:{{{stream_id}}}:events".encode()
+    assert set(keys_under(SHARED_URL, prefix)) == {key, events_key}
+    with redis.Redis.from_url(SHARED_URL) as r:
+        assert r.get(key) == stream_id.encode()
+        entries = r.xrange(events_key)
+        assert 0 < r.pttl(events_key) <= 3600 * 1000
+    frames = parse_sse(answer.content)
+    assert [entry_id for entry_id, _ in entries] == [f"1-{n}".encode() for n, _, _ in frames]
+    assert b"c" in entries[-1][1]  # the end of a cached answer
