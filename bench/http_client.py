@@ -21,7 +21,17 @@ _HEAD, _SIZE, _DATA, _TRAILER, _FIXED = range(5)
 class Exchange:
     """One request and what came back."""
 
-    __slots__ = ("cache", "error", "first", "frames", "last", "stamps", "start", "status")
+    __slots__ = (
+        "cache",
+        "error",
+        "first",
+        "frames",
+        "last",
+        "stamps",
+        "start",
+        "status",
+        "stream_id",
+    )
 
     def __init__(self, start: float, stamps: list[float] | None) -> None:
         self.start = start
@@ -30,6 +40,7 @@ class Exchange:
         self.frames = 0
         self.status = 0
         self.cache = b""
+        self.stream_id = b""
         self.error: str | None = None
         self.stamps = stamps  # arrival time of every frame, when asked for
 
@@ -43,6 +54,14 @@ def qa_request(query: str, path: bytes = b"/qa") -> bytes:
     return (
         b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body)
+    )
+
+
+def resume_request(stream_id: bytes, after: int) -> bytes:
+    """``GET /qa/streams/{stream_id}`` for the events after ``after``."""
+    return b"GET /qa/streams/%s HTTP/1.1\r\nHost: 127.0.0.1\r\nLast-Event-ID: %d\r\n\r\n" % (
+        stream_id,
+        after,
     )
 
 
@@ -128,6 +147,8 @@ class Connection(asyncio.Protocol):
                 length = int(value)
             elif name == b"x-cache":
                 exchange.cache = value.strip().upper()
+            elif name == b"x-stream-id":
+                exchange.stream_id = value.strip()
         self.state, self.need = (_SIZE, 0) if chunked else (_FIXED, length)
 
     def _body(self, chunk: bytearray, now: float) -> None:

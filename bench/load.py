@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bench.direct import RawRest, RawStub, ThroughSdk
-from bench.http_client import Connection, Exchange, qa_request
+from bench.http_client import Connection, Exchange, qa_request, resume_request
 from bench.procs import cpu_s, machine_busy_s
 from bench.stats import Round, summarise
 
@@ -101,6 +101,17 @@ def gateway_target(
         return await connection.send(request)
 
     return Target(name, send, 2, pid)
+
+
+def resume_target(pool: Pool, stream_id: bytes, pid: int | None = None) -> Target:
+    """The resume of a finished answer from after its ``meta`` (its events and ``done``)."""
+    request = resume_request(stream_id, 0)
+
+    async def send(number: int, worker: int) -> Exchange:
+        connection = await pool.get(worker)
+        return await connection.send(request)
+
+    return Target("gateway-resume", send, 1, pid)
 
 
 async def closed_loop(send: Send, requests: int, concurrency: int) -> tuple[list[Exchange], float]:

@@ -205,7 +205,19 @@ def _cache(results: Results) -> list[str]:
         f"- last byte p50 at concurrency 1: "
         f"{_f(med(rounds_of(results.rounds, 'gateway-hit', 1), lambda r: r.last_p50), 3)} ms",
         f"- hits/s at p99 ≤ 10 ms: {hit.rps:,.0f}" if hit else "- hits/s: none within 10 ms",
+        *_resume(results),
         "",
+    ]
+
+
+def _resume(results: Results) -> list[str]:
+    resumes = rounds_of(results.rounds, "gateway-resume", 1)
+    if not resumes:
+        return []
+    p50 = med(resumes, lambda r: r.last_p50)
+    return [
+        f"- resume of that finished 20-event answer (`GET /qa/streams/{{id}}`), last byte "
+        f"p50 at concurrency 1: {_f(p50, 3)} ms"
     ]
 
 

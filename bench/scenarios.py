@@ -18,6 +18,7 @@ from bench.load import (
     fresh_query,
     gateway_target,
     measure,
+    resume_target,
     sdk_target,
 )
 from bench.procs import Child, EmulatorProcess, cpu_s, maps_mention, rss_kb
@@ -87,14 +88,15 @@ async def ceiling(pool: Pool, sizes: Sizes, pid: int) -> list[Round]:
     ]
 
 
-async def cache_probe(bench: Bench) -> str | None:
-    """A query the gateway answers from its cache (``X-Cache: HIT``), or None if it can't."""
+async def cache_probe(bench: Bench) -> tuple[str, bytes] | None:
+    """A query the gateway answers from its cache (``X-Cache: HIT``) and the id of that
+    finished answer stream, or None if it can't."""
     query = fresh_query("hit")
     for _ in range(3):
         connection = await bench.pool.get(0)
         exchange = await connection.send(qa_request(query))
         if exchange.ok and exchange.cache == b"HIT":
-            return query
+            return query, exchange.stream_id
         await asyncio.sleep(0.05)  # a cache may store the answer just after the stream
     return None
 
@@ -119,15 +121,15 @@ async def warm_up(bench: Bench) -> None:
         await measure(target, 200, 32, bench.watch)
 
 
-async def interleaved(bench: Bench, hit_query: str | None) -> list[Round]:
-    """``rounds`` times: direct (REST, gRPC), SDK alone, gateway miss (REST, gRPC),
-    gateway hit; at concurrency 1, then 32."""
+async def interleaved(bench: Bench, hit: tuple[str, bytes] | None) -> list[Round]:
+    """``rounds`` times: direct (REST, gRPC), SDK alone, gateway miss (REST, gRPC), gateway
+    hit, resume of the hit's finished stream; at concurrency 1, then 32."""
     targets = paths(bench)
-    if hit_query is not None:
-        hit = gateway_target(
-            bench.pool, repeat=hit_query, name="gateway-hit", pid=bench.gateway.pid
-        )
-        targets.append(hit)
+    if hit is not None:
+        pid = bench.gateway.pid
+        targets.append(gateway_target(bench.pool, repeat=hit[0], name="gateway-hit", pid=pid))
+        if hit[1]:
+            targets.append(resume_target(bench.pool, hit[1], pid))
     sizes = bench.sizes
     rounds: list[Round] = []
     for _ in range(sizes.rounds):

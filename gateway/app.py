@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from gateway.http import errors, openai, openapi, ops, qa
+from gateway.http import errors, openai, openapi, ops, qa, resume
 from gateway.http.auth import FrontDoor
 from gateway.http.cors import CORS
 from gateway.http.guard import Guards
@@ -26,8 +26,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        on_redis_error, on_unchecked = metrics.redis_errors.inc, metrics.limits_unchecked.inc
-        async with running(settings, on_redis_error, on_unchecked) as runtime:
+        async with running(
+            settings,
+            metrics.redis_errors.inc,
+            metrics.redis_bad_values.inc,
+            metrics.limits_unchecked.inc,
+        ) as runtime:
             app.state.runtime = runtime
             yield
 
@@ -47,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     tenant = settings.cache.tenant
     app.add_middleware(Observed, metrics=metrics, log_queries=settings.log_queries, tenant=tenant)
     paths = {"/qa": qa.OPENAPI_PATH, "/v1/chat/completions": openai.OPENAPI_PATH}
+    paths["/qa/streams/{stream_id}"] = resume.OPENAPI_PATH
     openapi.document(app, paths, qa.OPENAPI_SCHEMAS | openai.OPENAPI_SCHEMAS)
     errors.install(app)
     return app

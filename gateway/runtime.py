@@ -15,18 +15,22 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from backends.base import Backend
 from backends.emulator import Behaviour, Emulator
 from gateway.settings import Settings
+from gateway.upstream.answers import AnswerStreams
 from gateway.upstream.base import Direct, Upstream
 from gateway.upstream.budget import RetryBudget
 from gateway.upstream.cache import Cached
 from gateway.upstream.fallback import Fallback
+from gateway.upstream.flights import Flights
 from gateway.upstream.limits import Limiter, MemoryLimiter
+from gateway.upstream.memory_journal import MemoryJournal
+from gateway.upstream.redis_journal import RedisJournal
 from gateway.upstream.redis_limits import RedisLimiter
 from gateway.upstream.retry import Retrying
-from gateway.upstream.shared import SharedFlights
-from gateway.upstream.stores import Breaker, MemoryStore, RedisStore, Store
+from gateway.upstream.stores import Breaker, MemoryStore
+from gateway.upstream.streams import Journal
 
 BLOCK_MS = 500
-"""How long one blocking read of a shared flight waits in Redis."""
+"""How long one blocking read of an answer stream waits in Redis."""
 
 
 @dataclass
@@ -35,7 +39,9 @@ class Runtime:
 
     settings: Settings
     backends: dict[str, Backend]
-    upstreams: dict[str, Upstream]
+    upstreams: dict[str, Cached]
+    streams: AnswerStreams
+    """Answer streams by id, for a resume."""
     limiter: Limiter = field(default_factory=MemoryLimiter)
     """Counts what each principal does against its limits."""
 
@@ -60,12 +66,14 @@ class Runtime:
 async def running(
     settings: Settings,
     on_redis_error: Callable[[], object] = lambda: None,
+    on_bad_value: Callable[[], object] = lambda: None,
     on_limits_unchecked: Callable[[], object] = lambda: None,
 ) -> AsyncIterator[Runtime]:
     """Start the embedded emulator if configured, build the backends, close all on exit.
 
-    ``on_redis_error`` hears of every failed Redis call, ``on_limits_unchecked`` of every
-    request whose limits Redis could not check."""
+    ``on_redis_error`` hears of every failed Redis call, ``on_bad_value`` of every key found
+    holding a wrong value, ``on_limits_unchecked`` of every request whose limits Redis could
+    not check."""
     async with AsyncExitStack() as stack:
         emulator = None
         if settings.emulator.enabled:
@@ -86,24 +94,26 @@ async def running(
                 config = config.model_copy(update={"endpoint": endpoint, "insecure": True})
             backends[name] = backend = config.build(name)
             stack.push_async_callback(backend.aclose)
-        store, shared = _cache(settings, on_redis_error)
-        stack.push_async_callback(store.aclose)
+        journal = _journal(settings, on_redis_error, on_bad_value)
+        stack.push_async_callback(journal.aclose)
         limiter: Limiter = MemoryLimiter()
-        if shared is not None:
-            stack.push_async_callback(shared.reader.aclose)
-            limiter = _shared_limiter(settings, shared, on_redis_error, on_limits_unchecked)
+        if isinstance(journal, RedisJournal):
+            limiter = _shared_limiter(settings, journal.redis, on_redis_error, on_limits_unchecked)
         stack.push_async_callback(limiter.aclose)
-        upstreams = _upstreams(settings, backends, store, shared)
-        yield Runtime(settings, backends, upstreams, limiter)
+        flights = Flights()
+        upstreams = _upstreams(settings, backends, journal, flights)
+        streams = AnswerStreams(flights, journal, backends)
+        yield Runtime(settings, backends, upstreams, streams, limiter)
 
 
-def _cache(
-    settings: Settings, on_redis_error: Callable[[], object]
-) -> tuple[Store, SharedFlights | None]:
-    """Redis (store and shared flights) when ``redis_url`` is set, else an in-memory store."""
+def _journal(
+    settings: Settings, on_redis_error: Callable[[], object], on_bad_value: Callable[[], object]
+) -> Journal:
+    """Answer streams in Redis when ``redis_url`` is set, else in process."""
     knobs = settings.cache
     if settings.redis_url is None:
-        return MemoryStore(knobs.memory_max_entries, knobs.memory_max_bytes), None
+        store = MemoryStore(knobs.memory_max_entries, knobs.memory_max_bytes)
+        return MemoryJournal(store, knobs.prefix)
     breaker = Breaker(knobs.breaker_s, on_failure=on_redis_error)
 
     def connect(read_timeout_s: float) -> Redis:
@@ -116,19 +126,21 @@ def _cache(
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
 
-    shared = SharedFlights(
+    return RedisJournal(
         connect(knobs.command_timeout_s),
         connect(knobs.command_timeout_s + BLOCK_MS / 1000),
         breaker,
+        knobs.prefix,
+        settings.resume,
         lock_ttl_s=knobs.lock_ttl_s,
         block_ms=BLOCK_MS,
+        on_bad_value=on_bad_value,
     )
-    return RedisStore(shared.redis, breaker), shared
 
 
 def _shared_limiter(
     settings: Settings,
-    shared: SharedFlights,
+    redis: Redis,
     on_redis_error: Callable[[], object],
     on_unchecked: Callable[[], object],
 ) -> RedisLimiter:
@@ -138,15 +150,12 @@ def _shared_limiter(
     activity = f"limit checks (requests {unchecked})"
     breaker = Breaker(settings.cache.breaker_s, on_redis_error, activity)
     prefix = settings.cache.prefix
-    return RedisLimiter(shared.redis, breaker, prefix, knobs.lease_s, on_unchecked)
+    return RedisLimiter(redis, breaker, prefix, knobs.lease_s, on_unchecked)
 
 
 def _upstreams(
-    settings: Settings,
-    backends: dict[str, Backend],
-    store: Store,
-    shared: SharedFlights | None,
-) -> dict[str, Upstream]:
+    settings: Settings, backends: dict[str, Backend], journal: Journal, flights: Flights
+) -> dict[str, Cached]:
     """Each backend in its policies: ``Cached(Fallback([Retrying(Direct(b)), ...]))``."""
     knobs = settings.retry_budget
     budget = RetryBudget(knobs.ratio, knobs.min_per_s, knobs.window_s)
@@ -154,7 +163,7 @@ def _upstreams(
         name: Retrying(Direct(backend), settings.backends[name].retry, budget)
         for name, backend in backends.items()
     }
-    upstreams: dict[str, Upstream] = {}
+    upstreams: dict[str, Cached] = {}
     for name, backend in backends.items():
         entry = settings.backends[name]
         upstream: Upstream = retrying[name]
@@ -162,6 +171,13 @@ def _upstreams(
             upstream = Fallback([upstream, *(retrying[other] for other in entry.fallback)])
         answerers = [backend, *(backends[other] for other in entry.fallback)]
         upstreams[name] = Cached(
-            upstream, answerers, entry, settings.cache, store, shared, entry.retry.first_event_s
+            upstream,
+            answerers,
+            entry,
+            settings.cache,
+            journal,
+            flights,
+            settings.resume,
+            entry.retry.first_event_s,
         )
     return upstreams

@@ -24,6 +24,7 @@ from gateway.upstream.cache import CacheSettings
 from gateway.upstream.entries import BackendCachePolicy
 from gateway.upstream.limits import LimitSettings
 from gateway.upstream.retry import RetryPolicy
+from gateway.upstream.streams import ResumeSettings
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
 
@@ -123,6 +124,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     limits: LimitSettings = LimitSettings()
     """Per-principal limits, counted in Redis (with ``redis_url``) or in process."""
+    resume: ResumeSettings = ResumeSettings()
     log_queries: bool = False
     """Put the query text in the request log lines (off: queries may hold personal data)."""
     cors: CORSSettings = CORSSettings()

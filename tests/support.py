@@ -26,9 +26,12 @@ FAST_RETRY = {"initial_s": 0.001, "max_s": 0.005}
 
 
 def settings_for(emulator: Emulator, transport: str = "rest", **overrides: Any) -> Settings:
-    """Settings with one Gemini backend (``gemini``) on ``emulator``, over ``transport``."""
+    """Settings with one Gemini backend (``gemini``) on ``emulator``, over ``transport``; a
+    client that leaves cancels the upstream call at once (``detach_s = 0``) unless a test asks
+    otherwise."""
     data: dict[str, Any] = {
         "default_backend": "gemini",
+        "resume": {"detach_s": 0},
         "backends": {
             "gemini": {
                 "type": "gemini",

@@ -84,7 +84,7 @@ async def test_unknown_route_and_method(client: httpx.AsyncClient, gateway_url: 
     missing = await client.get(f"{gateway_url}/nowhere")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "not_found"
-    wrong = await client.get(f"{gateway_url}/qa")
+    wrong = await client.delete(f"{gateway_url}/qa")  # GET /qa is EventSource's (issue 13)
     assert wrong.status_code == 405
     assert wrong.json()["error"]["code"] == "method_not_allowed"
 

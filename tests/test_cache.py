@@ -68,8 +68,9 @@ def answer_keys(prefix: str, url: str = SHARED_URL) -> dict[bytes, int]:
 
 
 def comparable(frames: list[tuple[int, str, dict[str, Any]]]) -> list[Any]:
-    """Frames without what legitimately differs between two answers: request id, cached."""
-    meta = {k: v for k, v in frames[0][2].items() if k not in ("request_id", "cached")}
+    """Frames without what legitimately differs between two answers: request id, cached,
+    stream id."""
+    meta = {k: v for k, v in frames[0][2].items() if k not in ("request_id", "cached", "stream_id")}
     return [(0, "meta", meta), *frames[1:]]
 
 
@@ -340,21 +341,23 @@ async def test_an_answer_that_is_only_done_reaches_followers_elsewhere(
 async def test_an_answer_abandoned_elsewhere_is_never_followed(
     client: httpx.AsyncClient, emulator: Emulator, prefix: str
 ) -> None:
-    """Asked in the moment between another instance abandoning its call and releasing its
-    lock: the half answer it left in Redis is not replayed; this instance answers afresh."""
+    """Asked in the moment between another instance abandoning its call and releasing the
+    question: the half answer it left in Redis is not replayed; this instance answers afresh."""
     async with gateway(cached(emulator, prefix)) as url:
         reference = await client.post(f"{url}/qa", json=QUERY)
         [key] = answer_keys(prefix)
         abandoned = [
-            ["meta", {"backend": "gemini"}],
+            ["meta", {"backend": "gemini", "owner": "anonymous", "tenant": "default"}],
             ["delta", {"text": "Half an answer"}],
             ["error", {"code": "abandoned", "message": "every client left", "retryable": True}],
         ]
+        stream = f"{prefix}s:{{{'A' * 22}}}".encode()
         with redis.Redis.from_url(SHARED_URL) as r:
-            r.delete(key)
-            r.set(key + b":lock", b"1", px=10_000)  # the other instance, still holding it
-            for entry in abandoned:
-                r.xadd(key + b":events", {"e": orjson.dumps(entry)})
+            r.set(key, "A" * 22, px=10_000)  # the question still points at that stream
+            r.set(stream + b":live", b"1", px=10_000)  # the other instance, still on it
+            for seq, entry in enumerate(abandoned):
+                r.xadd(stream + b":events", {"e": orjson.dumps(entry)}, id=f"1-{seq}")
+            r.pexpire(stream + b":events", 10_000)
         answer = await client.post(f"{url}/qa", json=QUERY)
     assert answer.status_code == 200
     assert comparable(parse_sse(answer.content)) == comparable(parse_sse(reference.content))

@@ -106,5 +106,7 @@ def test_a_bad_variable_is_named_not_the_file(
 
 def test_an_agent_engine_backend_needs_its_reasoning_engine(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD + '[backends.agent]\ntype = "agent_engine"\n')
-    with pytest.raises(ConfigError, match=r"backends\.agent\.reasoning_engine \(.*\): Field required"):
+    with pytest.raises(
+        ConfigError, match=r"backends\.agent\.reasoning_engine \(.*\): Field required"
+    ):
         load_settings(path)

@@ -25,6 +25,11 @@ class Head:
     model: str
     emulated: bool
     cached: bool
+    stream_id: str = ""
+    """The answer stream's id, to resume it by (``GET /qa/streams/{stream_id}``)."""
+    after: int = -1
+    """A resume: the client has the events up to this sequence number (``meta`` is 0), so
+    no ``meta`` and numbering goes on after it; -1: from the start."""
 
     def body(self) -> Body:
         return {
@@ -33,6 +38,7 @@ class Head:
             "model": self.model,
             "emulated": self.emulated,
             "cached": self.cached,
+            "stream_id": self.stream_id,
         }
 
 
@@ -77,8 +83,8 @@ class Framed:
         raise NotImplementedError
 
     async def encode(self, head: Head, outcomes: Outcomes) -> AsyncGenerator[bytes, None]:
-        frames = [self.frame(0, "meta", head.body())]
-        seq = 0
+        frames = [self.frame(0, "meta", head.body())] if head.after < 0 else []
+        seq = max(head.after, 0)
         async for batch in outcomes:
             for item in batch:
                 seq += 1

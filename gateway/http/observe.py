@@ -64,6 +64,9 @@ class Metrics:
         self.limits_unchecked = counter(
             "qa_limits_unchecked", "Requests whose limits Redis could not check."
         )
+        self.redis_bad_values = counter(
+            "qa_redis_bad_values", "Redis keys found holding a wrong or undecodable value."
+        )
 
     def record(self, route: str, trace: Trace, tenant: str) -> None:
         backend = trace.backend or ""

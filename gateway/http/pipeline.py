@@ -22,6 +22,7 @@ from starlette.types import Send
 
 from backends.base import BackendError, QARequest
 from gateway.formats import Format, Head
+from gateway.formats.base import Outcomes
 from gateway.http.auth import check_backend
 from gateway.http.errors import HTTPProblem
 from gateway.http.guard import Guards, guarded
@@ -72,34 +73,52 @@ def check_query(request: Request, query: str, field: str = "query") -> None:
 
 
 async def deliver(
-    request: Request, send: Send, question: QARequest, backend: str | None, format: Format
+    request: Request,
+    send: Send,
+    question: QARequest,
+    backend: str | None,
+    format: Format,
+    cache_control: str | None = None,
 ) -> None:
     """Answer ``question`` with ``backend`` (the default if None) in ``format``; the client
-    leaving cancels the answer at any point (``Departure``). Call once the body is read."""
+    leaving cancels the answer at any point (``Departure``). Call once the body is read.
+    ``cache_control``: the directives to follow (default: the request's header)."""
     runtime: Runtime = request.app.state.runtime
-    name = _backend_named(runtime, backend)
+    name = backend_named(runtime, backend)
     check_backend(request, name)
+    if cache_control is None:
+        cache_control = request.headers.get("cache-control", "")
     async with Departure(request.receive), admitted(request, principal_of(request)) as ticket:
-        started = await _start(request, runtime, question, name)
-        response = await _respond(started, request.app.state.guards, format, ticket)
+        started = await _start(request, runtime, question, name, cache_control.lower())
+        response = await respond(started, request.app.state.guards, format, ticket)
         await response(request.scope, request.receive, send)
 
 
 @dataclass(slots=True)
-class _Started:
+class Started:
     """An answer whose first event is in: the HTTP status is now 200."""
 
     answer: Answer
     trace: Trace
     idle_s: float
+    after: int = -1
+    """A resume: the client has the events up to this one (``Head.after``)."""
 
     def head(self) -> Head:
-        backend = self.answer.backend
-        cached = self.answer.cache == "HIT"
-        return Head(self.trace.request_id, backend.name, backend.model, backend.emulated, cached)
+        backend, answer = self.answer.backend, self.answer
+        cached = answer.cache == "HIT"
+        return Head(
+            self.trace.request_id,
+            backend.name,
+            backend.model,
+            backend.emulated,
+            cached,
+            answer.stream_id,
+            self.after,
+        )
 
     def headers(self) -> dict[str, str]:
-        return STREAM_HEADERS | {"X-Cache": self.answer.cache}
+        return STREAM_HEADERS | {"X-Cache": self.answer.cache, "X-Stream-ID": self.answer.stream_id}
 
 
 def principal_of(request: Request) -> Principal:
@@ -111,7 +130,7 @@ def principal_of(request: Request) -> Principal:
     return principal
 
 
-def _backend_named(runtime: Runtime, name: str | None) -> str:
+def backend_named(runtime: Runtime, name: str | None) -> str:
     """The backend to ask: ``name`` or the default; 404 listing the configured ones."""
     name = name or runtime.settings.default_backend
     if name not in runtime.upstreams:
@@ -120,18 +139,28 @@ def _backend_named(runtime: Runtime, name: str | None) -> str:
     return name
 
 
-async def _start(request: Request, runtime: Runtime, question: QARequest, name: str) -> _Started:
-    """Open the answer through cache, retries and fallback; an error status if it can't start."""
+def trace_of(request: Request) -> Trace:
+    """The request's trace (started by ``Observed``), or a new one."""
+    trace: Trace | None = request.scope.get("state", {}).get("trace")
+    return trace if trace is not None else Trace(uuid.uuid4().hex)
+
+
+def check_draining(request: Request) -> None:
+    """503 once the gateway is shutting down."""
     if request.app.state.guards.draining:
         raise HTTPProblem(
             503, "shutting_down", "the gateway is shutting down", headers={"Retry-After": "1"}
         )
-    trace: Trace | None = request.scope.get("state", {}).get("trace")  # from ``Observed``
-    if trace is None:
-        trace = Trace(uuid.uuid4().hex)
+
+
+async def _start(
+    request: Request, runtime: Runtime, question: QARequest, name: str, directives: str
+) -> Started:
+    """Open the answer through cache, retries and fallback; an error status if it can't start."""
+    check_draining(request)
+    trace = trace_of(request)
     trace.backend = name
     trace.query = question.query
-    directives = request.headers.get("cache-control", "").lower()
     principal = principal_of(request)
     if principal.name != ANONYMOUS:  # the front door's principal owns per-user backend state
         question = replace(question, user=principal.name)
@@ -149,15 +178,21 @@ async def _start(request: Request, runtime: Runtime, question: QARequest, name: 
     trace.first_event_s = time.perf_counter() - trace.started
     trace.cache = answer.cache
     trace.answered_by = answer.backend.name
-    return _Started(answer, trace, runtime.settings.backends[answer.backend.name].idle_s)
+    return Started(answer, trace, runtime.settings.backends[answer.backend.name].idle_s)
 
 
-async def _respond(started: _Started, guards: Guards, format: Format, ticket: Ticket) -> Response:
+async def respond(
+    started: Started, guards: Guards, format: Format, ticket: Ticket | None = None
+) -> Response:
     """A streamed response of the answer, or (``format.streamed`` false) the whole body, with
     the status of its failure if it fails midway."""
-    outcomes = guarded(started.answer, started.trace, started.idle_s, guards)
-    body = format.encode(started.head(), ticket.metered(outcomes, started.answer.cache))
-    headers = started.headers() | ticket.headers
+    guarded_outcomes = guarded(started.answer, started.trace, started.idle_s, guards)
+    outcomes: Outcomes = guarded_outcomes
+    headers = started.headers()
+    if ticket is not None:  # a new answer (not a resume) of a principal under limits
+        outcomes = ticket.metered(guarded_outcomes, started.answer.cache)
+        headers |= ticket.headers
+    body = format.encode(started.head(), outcomes)
     if format.streamed:
         return EventStream(body, format.media_type, headers, started.answer.aclose)
     try:

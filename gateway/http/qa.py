@@ -1,4 +1,5 @@
-"""``POST /qa``: validate the question, then answer it as a stream in the chosen format."""
+"""``/qa``: validate the question (a POST body, or a GET query string for ``EventSource``),
+then answer it as a stream in the chosen format; ``/qa/streams/{id}`` resumes one."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from starlette.types import Receive, Scope, Send
 
 from backends.base import Generation, QARequest, Turn
 from gateway import formats
-from gateway.http import openapi
+from gateway.http import openapi, resume
 from gateway.http.errors import HTTPProblem
-from gateway.http.pipeline import check_query, deliver, read_body
+from gateway.http.pipeline import backend_named, check_query, deliver, principal_of, read_body
+from gateway.upstream.base import Ask
 
 router = APIRouter()
 
@@ -81,7 +83,56 @@ class QAEndpoint:
         await deliver(request, send, question, body.backend, chosen)
 
 
+class EventSourceEndpoint:
+    """``GET /qa?query=&backend=&session_id=``: the same answer as ``POST /qa``, for a
+    browser's ``EventSource`` (which only speaks GET). Reconnected with ``Last-Event-ID``, it
+    resumes the answer the question finds (live, or just finished and cached) instead of
+    asking again; if there is none, the answer starts afresh, with ``meta``.
+
+    ``Cache-Control`` is not read: browsers send ``no-cache`` on every ``EventSource``
+    request, so a first GET reads and fills the cache like a plain POST (refresh with
+    ``POST /qa`` and ``Cache-Control: no-cache``).
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        limit = request.app.state.runtime.settings.max_query_bytes
+        if len(scope.get("query_string", b"")) > 3 * limit + 1024:  # every byte %-encoded
+            raise HTTPProblem(414, "uri_too_long", "the query string is too long")
+        params = request.query_params
+        unknown = sorted(set(params) - _GET_PARAMS)
+        if unknown:
+            raise HTTPProblem(422, "invalid_request", f"{unknown[0]}: unknown parameter")
+        chosen = formats.choose(params.get("format"), request.headers.get("accept"))
+        if chosen is None:
+            raise HTTPProblem(400, "unsupported_format", "format must be one of: sse, ndjson, text")
+        query = params.get("query")
+        if query is None:
+            raise HTTPProblem(422, "invalid_request", "query: Field required")
+        check_query(request, query)
+        session_id = params.get("session_id") or None
+        if session_id is not None and len(session_id) > 256:
+            raise HTTPProblem(422, "invalid_request", "session_id: at most 256 characters")
+        question = QARequest(query, session_id)
+        backend = params.get("backend") or None
+        after = resume.last_event_id(request)
+        if after is not None:
+            runtime = request.app.state.runtime
+            upstream = runtime.upstreams[backend_named(runtime, backend)]
+            ask = Ask(question, principal=principal_of(request))
+            stream_id = await upstream.current(ask)
+            found = await resume.find(request, stream_id, after) if stream_id else None
+            if found is not None and stream_id is not None:
+                await resume.send_resumed(request, send, found, stream_id, after, chosen)
+                return
+        await deliver(request, send, question, backend, chosen, cache_control="")
+
+
+_GET_PARAMS = frozenset({"query", "backend", "session_id", "format", "last_event_id"})
+
 router.routes.append(Route("/qa", QAEndpoint(), methods=["POST"], include_in_schema=False))
+router.routes.append(Route("/qa", EventSourceEndpoint(), methods=["GET"], include_in_schema=False))
+router.routes.append(resume.ROUTE)
 
 OPENAPI_PATH = {
     "post": openapi.operation(
@@ -100,7 +151,20 @@ OPENAPI_PATH = {
                 "schema": {"enum": list(formats.QA_FORMATS), "type": "string"},
             }
         ],
-    )
+    ),
+    "get": {
+        "summary": "Answer a question as a stream, for EventSource",
+        "description": "The same answer as `POST /qa`, from the query string. With "
+        "`Last-Event-ID`, resumes the answer the question finds instead of asking again. "
+        "`Cache-Control` is not read.",
+        "operationId": "qa_get",
+        "parameters": [
+            {"name": name, "in": "query", "required": name == "query", "schema": {"type": "string"}}
+            for name in ("query", "backend", "session_id", "format", "last_event_id")
+        ]
+        + [resume.LAST_EVENT_ID],
+        "responses": {"200": {"description": "The answer's events.", "content": resume.MEDIA}},
+    },
 }
 """``/qa`` in the OpenAPI document (a plain ASGI route has none of its own)."""
 OPENAPI_SCHEMAS = openapi.schemas(QABody)

@@ -52,6 +52,8 @@ class Answer:
     release: Callable[[], Awaitable[None]] | None = None
     """Frees what the answer holds even if ``rest`` was never read (closing an async
     generator that never started runs none of its ``finally`` blocks)."""
+    stream_id: str = ""
+    """The id of the answer stream it is read from (for a resume); empty: none."""
 
     async def aclose(self) -> None:
         """Stop the answer early, read or not: the upstream call is cancelled."""

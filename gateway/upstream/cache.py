@@ -1,31 +1,31 @@
-"""The answer cache: a repeated question replays the stored stream, event for event.
+"""The answer cache and single flight, over answer streams.
 
-``Cached`` wraps a backend's upstream chain (``Cached(Fallback(Retrying(...)))``). A hit
-replays the stored events; a miss joins the flight of the same question (``Flights``), so
-identical questions in flight cost one upstream call; the flight's ``Miss`` shares it across
-instances and stores the answer once it is complete.
+``Cached`` wraps a backend's upstream chain (``Cached(Fallback(Retrying(...)))``). Every
+answer it opens is an answer stream with its own id. A question that may be shared (caching
+on, no session) has a key: a hit replays the finished stream it points at; a miss joins the
+flight of the same question here, or claims the question in the journal (following the
+stream another instance produces for it), so identical questions cost one upstream call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backends.base import Backend
+from backends.base import Backend, Event
+from gateway.upstream.attempt import Attempt, Attempts
 from gateway.upstream.base import Answer, Ask, Upstream
 from gateway.upstream.entries import (
     BackendCachePolicy,
     cache_key,
     identity_of,
-    lookup,
-    replay,
+    unowned,
     without_session,
 )
-from gateway.upstream.flight import Flights
-from gateway.upstream.miss import Miss, Misses
-from gateway.upstream.shared import SharedFlights
-from gateway.upstream.stores import Store
+from gateway.upstream.flight import Flight
+from gateway.upstream.flights import Flights
+from gateway.upstream.streams import Journal, Origin, ResumeSettings, new_stream_id
 
 
 class CacheSettings(BaseModel):
@@ -38,7 +38,7 @@ class CacheSettings(BaseModel):
     tenant: str = "default"
     """The tenant of requests that carry none of their own (no auth configured)."""
     memory_max_entries: int = Field(10_000, gt=0)
-    """Without Redis: the in-process cache keeps at most this many answers..."""
+    """Without Redis: the in-process store keeps at most this many answers (and streams)..."""
     memory_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
     """...and this many bytes of them, dropping the least recently used first."""
     connect_timeout_s: float = Field(0.5, gt=0)
@@ -47,11 +47,11 @@ class CacheSettings(BaseModel):
     breaker_s: float = Field(5.0, gt=0)
     """After a Redis failure, skip Redis for this long."""
     lock_ttl_s: float = Field(10.0, gt=0)
-    """A flight's lock outlives a crashed instance by at most this."""
+    """A live stream's heartbeat outlives a crashed instance by at most this."""
 
 
 class Cached:
-    """Replays stored answers and coalesces identical questions for one backend."""
+    """Opens every answer of one backend as an answer stream: replayed, joined or asked."""
 
     def __init__(
         self,
@@ -59,8 +59,9 @@ class Cached:
         answerers: Sequence[Backend],
         policy: BackendCachePolicy,
         settings: CacheSettings,
-        store: Store,
-        shared: SharedFlights | None,
+        journal: Journal,
+        flights: Flights,
+        resume: ResumeSettings,
         first_event_s: float,
     ) -> None:
         """``answerers``: the backend this cache is for, then those ``inner`` falls back on."""
@@ -68,34 +69,69 @@ class Cached:
         self.policy = policy
         self.prefix = settings.prefix
         self.identity = identity_of(self.backend)
-        self.store = store
-        self.inner = inner
-        self.flights = Flights()
-        self.misses = Misses(inner, answerers, policy, store, shared, first_event_s)
+        self.journal = journal
+        self.flights = flights
+        self.resume = resume
+        self.attempts = Attempts(inner, answerers, policy, journal, resume, first_event_s)
 
-    async def open(self, ask: Ask) -> Answer:
+    def key_of(self, ask: Ask) -> str | None:
+        """The question's key if it may be shared and cached (caching on, no session)."""
         if not self.policy.cache or ask.request.session_id is not None:
-            return await self.inner.open(ask)  # follow-up turns depend on the conversation
+            return None  # follow-up turns depend on the conversation
         question = ask.request
-        tenant = ask.principal.tenant
-        key = cache_key(
+        return cache_key(
             self.prefix,
             self.identity,
             question.query,
-            tenant,
+            ask.principal.tenant,
             question.history,
             question.parameters(),
         )
+
+    async def current(self, ask: Ask) -> str | None:
+        """The id of the stream answering (or that answered) ``ask``'s question, if any."""
+        key = self.key_of(ask)
+        if key is None:
+            return None
+        flight = self.flights.flying(key)
+        return flight.stream_id if flight is not None else await self.journal.current(key)
+
+    async def open(self, ask: Ask) -> Answer:
+        key = self.key_of(ask)
+        if key is None:
+            answer = await self._start(None, ask).join()
+            answer.cache = "BYPASS"
+            return answer
         if ask.cache_read:
-            events = await lookup(self.store, key)
-            if events is not None:
-                return replay(self.backend, events)
-        miss = Miss(key, ask, self.misses)
-        flight, joined = await self.flights.board(key, lambda: miss)
+            hit = await self.journal.lookup(key)
+            if hit is not None:
+                return replay(self.backend, *hit)
+        attempt = Attempt(key, ask, self.attempts)
+        flight, joined = await self.flights.board(key, lambda: self._start(key, ask, attempt))
         if joined:
             ask.trace.coalesced = True
         answer = await flight.join()
-        if joined or not miss.store:  # another asker's call (or a replay): not its session
+        if joined or attempt.recorder is None:  # another asker's call: not this one's session
             answer = without_session(answer)
         answer.cache = "MISS" if ask.cache_read else "BYPASS"
         return answer
+
+    def _start(self, key: str | None, ask: Ask, attempt: Attempt | None = None) -> Flight:
+        def origin(backend: Backend | None) -> Origin:
+            name = (backend or self.backend).name
+            return Origin(name, ask.principal, shared=key is not None)
+
+        source = attempt or Attempt(key, ask, self.attempts)
+        return Flight(source, self.flights, key, new_stream_id(), self.resume.detach_s, origin)
+
+
+def replay(backend: Backend, stream_id: str, origin: Origin, events: list[Event]) -> Answer:
+    """A cached answer stream as a started answer (``HIT``): the rest comes in one batch. The
+    session id is left out: it is the first asker's own."""
+    events = [*events[:-1], unowned(events[-1])]
+
+    async def rest() -> AsyncGenerator[Sequence[Event], None]:
+        if len(events) > 1:
+            yield events[1:]
+
+    return Answer(backend, events[0], rest(), "HIT", stream_id=stream_id)

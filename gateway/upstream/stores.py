@@ -1,7 +1,9 @@
-"""Where cached answers live: Redis when configured, else a bounded in-process map.
+"""A bounded in-process map (where a gateway without Redis keeps finished answer streams),
+and the ``Breaker`` every Redis call goes through.
 
 Redis trouble never fails a request: every call has short timeouts, a ``Breaker`` stops
-asking a failing Redis for a while, and each failure reads as a miss.
+asking a failing Redis for a while, and each failure reads as a miss. A value of the wrong
+type under one key is that key's problem (``is_key_problem``), not an outage.
 """
 
 from __future__ import annotations
@@ -10,23 +12,12 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 log = logging.getLogger("gateway.cache")
 T = TypeVar("T")
-
-
-class Store(Protocol):
-    """Bytes under keys, each with an expiry."""
-
-    async def get(self, key: str) -> bytes | None: ...
-
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 class MemoryStore:
@@ -112,6 +103,11 @@ class Breaker:
             return default
         try:
             result = await operation()
+        except ResponseError as error:
+            if is_key_problem(error):
+                raise  # one key's problem, not Redis's: the caller deals with that key
+            self.failed(error)
+            return default
         except (TimeoutError, RedisError, OSError) as error:
             self.failed(error)
             return default
@@ -119,22 +115,9 @@ class Breaker:
         return result
 
 
-class RedisStore:
-    """Cached answers in Redis, every call behind the breaker."""
-
-    def __init__(self, redis: Redis, breaker: Breaker) -> None:
-        self.redis = redis
-        self.breaker = breaker
-
-    async def get(self, key: str) -> bytes | None:
-        value = await self.breaker.call(lambda: self.redis.get(key), None)
-        return cast(bytes | None, value)
-
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        await self.breaker.call(lambda: self.redis.set(key, value, px=int(ttl_s * 1000)), None)
-
-    async def aclose(self) -> None:
-        await self.redis.aclose()
+def is_key_problem(error: ResponseError) -> bool:
+    """Whether Redis refused a command for what one key holds (not for its own state)."""
+    return str(error).startswith(("WRONGTYPE", "ERR value is not", "ERR The ID specified"))
 
 
 def _now() -> float:
