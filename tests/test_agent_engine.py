@@ -64,13 +64,15 @@ async def test_sse_streams_the_answer_its_source_usage_and_session(
     assert response.status_code == 200
     frames = parse_sse(response.content)
     assert [kind for _, kind, _ in frames] == ["meta"] + ["delta"] * 8 + ["citation", "done"]
-    assert frames[0][2] | {"request_id": ""} == {
+    assert frames[0][2] | {"request_id": "", "stream_id": ""} == {
         "request_id": "",
         "backend": "agent",
         "model": "docs-agent",
         "emulated": False,
         "cached": False,
+        "stream_id": "",
     }
+    assert response.headers["x-stream-id"] == frames[0][2]["stream_id"]
     # Every piece arrives whole and in order, though the emulator cut each line across chunks.
     assert [data["text"] for _, kind, data in frames if kind == "delta"] == answer_pieces(QUERY, 8)
     citation = frames[-2][2]

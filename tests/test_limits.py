@@ -89,7 +89,8 @@ async def test_rpm_is_shared_by_two_instances(
     assert seventh.headers["ratelimit-remaining"] == "0"
     assert len(emulator.calls) == 6  # the refused one cost no upstream call
     # Redis holds the count under the prefix, in one hash tag, with an expiry.
-    [(name, ttl)] = keys_under(SHARED_URL, prefix).items()
+    limit_keys = keys_under(SHARED_URL, f"{prefix}limits:")
+    [(name, ttl)] = limit_keys.items()
     assert name.decode() == f"{prefix}limits:{{{ANONYMOUS}}}:rpm"
     assert 0 < ttl <= 60_000
 
@@ -311,5 +312,6 @@ async def test_what_the_front_door_sets_picks_the_limits_and_the_count(
         assert await statuses("key", 2) == [200, 429]  # its own rpm
         assert await statuses("user", 3) == [200, 200, 429]  # its tenant's
         assert await statuses("other", 4) == [200, 200, 200, 429]  # the defaults
-    tagged = {name.decode().split("{")[1].split("}")[0] for name in keys_under(SHARED_URL, prefix)}
+    limit_keys = keys_under(SHARED_URL, f"{prefix}limits:")
+    tagged = {name.decode().split("{")[1].split("}")[0] for name in limit_keys}
     assert tagged == {"acme/key-a", "acme/user-1", "beta/user-2"}
