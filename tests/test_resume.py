@@ -28,7 +28,12 @@ def prefix() -> Iterator[str]:
 
 
 def resumable(emulator: Emulator, redis_prefix: str | None, **resume: Any) -> Settings:
-    entry = {"type": "gemini", "endpoint": emulator.address, "insecure": True, "retry": FAST_RETRY}
+    entry = {
+        "type": "gemini",
+        "endpoint": emulator.rest_address,
+        "insecure": True,
+        "retry": FAST_RETRY,
+    }
     redis: dict[str, Any] = {}
     if redis_prefix is not None:
         redis = {
