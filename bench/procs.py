@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -161,15 +162,26 @@ insecure = true
 """
 
 
-def start_gateway(workdir: Path, upstream: str, root: Path | None) -> tuple[Child, int]:
-    """``qa-gateway serve`` on a free port against ``upstream``; from ``root`` if given."""
+def start_gateway(
+    workdir: Path,
+    upstream: str,
+    root: Path | None,
+    *,
+    extra_config: str = "",
+    launcher: Sequence[str] = ("gateway.cli",),
+) -> tuple[Child, int]:
+    """``qa-gateway serve`` on a free port against ``upstream``; from ``root`` if given.
+
+    ``extra_config`` (TOML tables) is appended to the config; ``launcher`` is the module to run (and its
+    arguments before ``serve``), ``gateway.cli`` itself unless a wrapper is given.
+    """
     config = workdir / "gateway.toml"
-    config.write_text(GATEWAY_CONFIG.format(address=upstream))
+    config.write_text(GATEWAY_CONFIG.format(address=upstream) + extra_config)
     port = free_port()
     argv = [
         sys.executable,
         "-m",
-        "gateway.cli",
+        *launcher,
         "serve",
         "--config",
         str(config),

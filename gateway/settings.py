@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     emulator: EmulatorSettings = EmulatorSettings()
     max_query_bytes: int = Field(32 * 1024, gt=0)
     """Queries longer than this (UTF-8 bytes) are refused with 413."""
+    max_history_turns: int = Field(200, ge=0)
+    max_history_bytes: int = Field(256 * 1024, ge=0)
+    """A history of more turns, or more text (UTF-8 bytes, all turns), is refused with 413."""
     max_body_bytes: int = Field(1024 * 1024, gt=0)
     """Larger request bodies are refused with 413."""
     shutdown_grace_s: float = Field(8.0, ge=0)

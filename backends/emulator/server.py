@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,16 +87,23 @@ class Call:
 
 @dataclass
 class Emulator:
-    """Serves the emulated services on one port and records every call."""
+    """Serves the emulated services on one port and records its calls: the last
+    ``keep_calls`` of them in ``calls`` (a ring, so a long-running emulator stays bounded),
+    and how many it received in ``received``, both since the last reset."""
 
     behaviour: Behaviour = field(default_factory=Behaviour)
-    calls: list[Call] = field(default_factory=list)
+    keep_calls: int = 1000
+    calls: deque[Call] = field(init=False)
+    received: int = 0
     port: int = 0
     sessions: dict[str, int] = field(default_factory=dict)
     """Agent Builder sessions: name -> turns answered so far."""
     _server: grpc.aio.Server | None = None
     _failures: int = 0
     _hangs: int = 0
+
+    def __post_init__(self) -> None:
+        self.calls = deque(maxlen=self.keep_calls)
 
     @property
     def address(self) -> str:
@@ -119,6 +127,7 @@ class Emulator:
         """Forget calls and sessions; start over with ``behaviour`` (default knobs if None)."""
         self.behaviour = behaviour or Behaviour()
         self.calls.clear()
+        self.received = 0
         self.sessions.clear()
         self._failures = 0
         self._hangs = 0
@@ -129,6 +138,7 @@ class Emulator:
     def record(self, method: str, request: Any) -> Call:
         call = Call(method, request)
         self.calls.append(call)
+        self.received += 1
         return call
 
     async def play(

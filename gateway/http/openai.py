@@ -32,7 +32,7 @@ from backends.base import QARequest, Turn
 from gateway.formats.openai import ChatChunks, ChatCompletion
 from gateway.http import openapi
 from gateway.http.errors import HTTPProblem
-from gateway.http.pipeline import check_query, deliver, read_body
+from gateway.http.pipeline import check_history, check_query, deliver, read_body
 from gateway.runtime import Runtime
 
 router = APIRouter(prefix="/v1")
@@ -80,6 +80,7 @@ class ChatCompletions:
         body = await read_body(request, ChatBody)
         query, history = conversation(body.messages)
         check_query(request, query, "messages")
+        check_history(request, history, "messages")
         question = QARequest(query, body.session_id, history)
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage

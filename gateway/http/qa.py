@@ -14,7 +14,7 @@ from backends.base import QARequest, Turn
 from gateway import formats
 from gateway.http import openapi
 from gateway.http.errors import HTTPProblem
-from gateway.http.pipeline import check_query, deliver, read_body
+from gateway.http.pipeline import check_history, check_query, deliver, read_body
 
 router = APIRouter()
 
@@ -65,6 +65,7 @@ class QAEndpoint:
         body = await read_body(request, QABody)
         check_query(request, body.query)
         history = tuple(Turn(turn.role, turn.text) for turn in body.history)
+        check_history(request, history)
         question = QARequest(body.query, body.session_id, history)
         await deliver(request, send, question, body.backend, chosen)
 
