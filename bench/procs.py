@@ -172,8 +172,8 @@ def start_gateway(
 ) -> tuple[Child, int]:
     """``qa-gateway serve`` on a free port against ``upstream``; from ``root`` if given.
 
-    ``extra_config`` (TOML tables) is appended to the config; ``launcher`` is the module to run (and its
-    arguments before ``serve``), ``gateway.cli`` itself unless a wrapper is given.
+    ``extra_config`` (TOML tables) is appended to the config; ``launcher`` is the module to
+    run and its arguments before ``serve`` (a wrapper of ``gateway.cli``, or that itself).
     """
     config = workdir / "gateway.toml"
     config.write_text(GATEWAY_CONFIG.format(address=upstream) + extra_config)

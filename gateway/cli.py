@@ -70,7 +70,8 @@ def _serve(args: argparse.Namespace) -> int:
     # The log lines name no source line, thread or process: skip finding them per record.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    GatewayServer(create_app(settings), args.host, args.port, settings.shutdown_grace_s).run()
+    app = create_app(settings)
+    GatewayServer(app, args.host, args.port, settings.shutdown_grace_s, settings.server).run()
     return 0
 
 

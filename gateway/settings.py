@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from backends.agent_builder import AgentBuilderConfig
 from backends.gemini import GeminiConfig
+from gateway.connection import ServerSettings
 from gateway.upstream.cache import CacheSettings
 from gateway.upstream.entries import BackendCachePolicy
 from gateway.upstream.retry import RetryPolicy
@@ -107,6 +108,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(8.0, ge=0)
     """On SIGTERM, open streams get this long to finish (Cloud Run kills after 10 s)."""
     retry_budget: RetryBudgetSettings = RetryBudgetSettings()
+    server: ServerSettings = ServerSettings()
     redis_url: str | None = None
     """``redis://host:port/db`` to cache in (and coalesce through) Redis; in memory if unset."""
     cache: CacheSettings = CacheSettings()

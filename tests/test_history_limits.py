@@ -50,7 +50,9 @@ async def test_the_limits_are_the_configured_ones(
     async with gateway(settings) as url:
         too_long = await client.post(f"{url}/qa", content=qa_body(2, "x" * 6), headers=headers)
         too_many = await client.post(f"{url}/qa", content=qa_body(4), headers=headers)
-        chat = await client.post(f"{url}/v1/chat/completions", content=chat_body(5), headers=headers)
+        chat = await client.post(
+            f"{url}/v1/chat/completions", content=chat_body(5), headers=headers
+        )
         assert emulator.received == 0
         at_limit = await client.post(f"{url}/qa", content=qa_body(3, "xx"), headers=headers)
     assert too_long.status_code == too_many.status_code == chat.status_code == 413
