@@ -4,7 +4,8 @@ Runs the emulator and the gateway as real processes (``bench.procs``; the gatewa
 ``bench.memprobe``, which reports its RSS and glibc's malloc in-use on ``SIGUSR1``), warms
 up, then measures before and after each phase:
 
-- as many complete misses, then hits, as ``--disconnects`` (to tell what leaks);
+- as many complete misses, then hits, then hits on a new connection each (closed after the
+  answer), as ``--disconnects``: to tell a disconnect from a closed connection;
 - ``--disconnects`` clients leaving mid-stream on fresh questions (cache misses), then as
   many on cached ones (hits): each opens a connection, reads up to the first ``delta`` and
   closes it;
@@ -41,7 +42,8 @@ HERE = Path(__file__).resolve().parent
 CACHE_ENTRIES = 500
 HOT = [f"soak hot question {n}" for n in range(20)]
 MIX = "MMMMHHHHDd"
-"""Per ten requests: M miss, H hit, D disconnect on a miss, d disconnect on a hit."""
+"""Per ten requests: M miss, H hit, D disconnect on a miss, d disconnect on a hit (and in
+their own phase, c: a hit on a new connection)."""
 EXTRA_CONFIG = f"""
 [cache]
 memory_max_entries = {CACHE_ENTRIES}
@@ -93,20 +95,21 @@ class Soak:
 
     async def one(self, kind: str, worker: int) -> str:
         query = fresh_query("soak") if kind in "MD" else random.choice(HOT)
-        if kind in "Dd":
-            return await self.leave(query)
+        if kind in "Ddc":
+            return await self.leave(query, whole=kind == "c")
         exchange = await (await self.pool.get(worker)).send(qa_request(query))
         if not exchange.ok:
             return f"error {exchange.status} {exchange.error}"
         return "hit" if exchange.cache == b"HIT" else "miss"
 
-    async def leave(self, query: str) -> str:
-        """Ask, read up to the first ``delta``, and hang up."""
+    async def leave(self, query: str, whole: bool = False) -> str:
+        """Ask on a new connection, read up to the first ``delta`` (``whole``: to the
+        terminal event), and hang up."""
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         writer.write(qa_request(query))
-        seen = b""
+        seen, until = b"", b"event: done" if whole else b"event: delta"
         try:
-            while b"event: delta" not in seen:
+            while until not in seen:
                 data = await reader.read(65536)
                 if not data:
                     return "error: closed before a delta"
@@ -114,7 +117,7 @@ class Soak:
         finally:
             writer.close()
             await writer.wait_closed()
-        return "disconnect"
+        return "hit, new connection" if whole else "disconnect"
 
 
 def mixed(requests: int) -> list[str]:
@@ -143,6 +146,8 @@ async def soak(args: argparse.Namespace) -> list[Snapshot]:
 
         async def phase(label: str, kinds: list[str], every: int | None = None) -> None:
             nonlocal done
+            if not kinds:
+                return
             step = every or len(kinds)
             for start in range(0, len(kinds), step):
                 part = kinds[start : start + step]
@@ -155,6 +160,7 @@ async def soak(args: argparse.Namespace) -> list[Snapshot]:
         await phase("warm-up", mixed(args.warmup))
         await phase("misses", ["M"] * args.disconnects)
         await phase("hits", ["H"] * args.disconnects)
+        await phase("hits, a new connection each", ["c"] * args.disconnects)
         await phase("disconnects on misses", ["D"] * args.disconnects)
         await phase("disconnects on hits", ["d"] * args.disconnects)
         await phase("mixed", mixed(args.requests), every=10_000)
@@ -162,7 +168,7 @@ async def soak(args: argparse.Namespace) -> list[Snapshot]:
         snapshots.append(await probe.read(f"idle {args.idle_s:g} s", done))
         runner.pool.close()
         log(f"outcomes: {dict(runner.outcomes)}")
-        if set(runner.outcomes) - {"hit", "miss", "disconnect"}:
+        if set(runner.outcomes) - {"hit", "miss", "disconnect", "hit, new connection"}:
             log("some requests failed; see the outcomes above")
     finally:
         gateway.stop()
