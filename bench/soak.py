@@ -196,6 +196,14 @@ def render(snapshots: list[Snapshot]) -> str:
         f"\nSince the warm-up: RSS {last.rss_kb - first.rss_kb:+} KiB, malloc in use "
         f"{last.malloc_kb - first.malloc_kb:+} KiB over {last.requests - first.requests} requests."
     )
+    mixed = [i for i, snap in enumerate(snapshots) if snap.label == "mixed"]
+    if mixed:
+        start, end = snapshots[mixed[0] - 1], snapshots[mixed[-1]]
+        lines.append(
+            f"The mixed soak: RSS {end.rss_kb - start.rss_kb:+} KiB, malloc in use "
+            f"{end.malloc_kb - start.malloc_kb:+} KiB over {end.requests - start.requests} "
+            "requests."
+        )
     return "\n".join(lines)
 
 
