@@ -4,7 +4,7 @@ uvicorn closes idle keep-alive connections (``timeout_keep_alive``, configured f
 ``keep_alive_s``) but bounds nothing before a request starts: not the size of its head, not
 its header count, not how long it may take to arrive (a connection that never sends a
 request stays open for good), nor how many connections are open. ``LimitedHttp`` adds those,
-each answered in the gateway's error shape and followed by closing the connection:
+each answered in the gateway's error shape, then the connection is closed:
 
 - a head larger than ``max_header_bytes`` or with more than ``max_headers`` headers: 431
   (counted as bytes arrive, so a huge head is refused before it is held);
@@ -23,6 +23,9 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+LINGER_S = 1.0
+"""After a refusal, how long the connection reads (and drops) what the client still sends."""
 
 
 class ServerSettings(BaseModel):
@@ -156,4 +159,8 @@ class LimitedHttp(HttpToolsProtocol):
         self.transport.write(
             b"".join([STATUS_LINE[status], head % len(body), extra, b"\r\n", body])
         )
-        self.transport.close()
+        # Closing with the client's bytes unread would reset the connection, and the client
+        # could lose the answer with it: end our side, drop what still comes, close later.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
