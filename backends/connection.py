@@ -139,10 +139,10 @@ class Responses:
         """Cancel the call: at once if no read is in flight, else when it lands, or after
         ``LAND_S`` if the upstream has gone quiet (then the batch is lost, as before)."""
         reading, call = self._reading, self._call
-        if reading is None or reading.done():
+        if reading is None or reading.done() or reading.get_loop().is_closed():
             call.cancel()
             return
-        quiet = asyncio.get_running_loop().call_later(LAND_S, call.cancel)
+        quiet = reading.get_loop().call_later(LAND_S, call.cancel)
 
         def landed(read: asyncio.Future[Any]) -> None:
             quiet.cancel()
