@@ -55,7 +55,7 @@ def _answer(emulator: StampingEmulator, command: dict[str, Any]) -> dict[str, An
         emulator.stamps = {}
         return {"ok": True}
     if op == "calls":
-        return {"calls": len(emulator.calls)}
+        return {"calls": emulator.received}
     if op == "stamps":
         return {"stamps": emulator.stamps}
     return {"error": f"unknown op {op!r}"}

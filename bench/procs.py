@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -165,18 +166,28 @@ insecure = true
 
 
 def start_gateway(
-    workdir: Path, emulator: EmulatorProcess, root: Path | None, transport: str = "rest"
+    workdir: Path,
+    emulator: EmulatorProcess,
+    root: Path | None,
+    transport: str = "rest",
+    *,
+    extra_config: str = "",
+    launcher: Sequence[str] = ("gateway.cli",),
 ) -> tuple[Child, int]:
     """``qa-gateway serve`` on a free port, its Gemini backend on ``emulator`` over
-    ``transport``; from ``root`` if given."""
+    ``transport``; from ``root`` if given.
+
+    ``extra_config`` (TOML tables) is appended to the config; ``launcher`` is the module to
+    run and its arguments before ``serve`` (a wrapper of ``gateway.cli``, or that itself).
+    """
     address = emulator.rest_address if transport == "rest" else emulator.address
     config = workdir / f"gateway-{transport}.toml"
-    config.write_text(GATEWAY_CONFIG.format(address=address, transport=transport))
+    config.write_text(GATEWAY_CONFIG.format(address=address, transport=transport) + extra_config)
     port = free_port()
     argv = [
         sys.executable,
         "-m",
-        "gateway.cli",
+        *launcher,
         "serve",
         "--config",
         str(config),

@@ -88,7 +88,8 @@ def _serve(args: argparse.Namespace) -> int:
     # The log lines name no source line, thread or process: skip finding them per record.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    server = GatewayServer(create_app(settings), args.host, args.port, settings.shutdown_grace_s)
+    app = create_app(settings)
+    server = GatewayServer(app, args.host, args.port, settings.shutdown_grace_s, settings.server)
     warn_if_open(settings.auth, args.host)  # once logging is set up
     server.run()
     return 0

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from backends.agent_builder import AgentBuilderConfig
 from backends.agent_engine import AgentEngineConfig
 from backends.gemini import GeminiConfig
+from gateway.http.connection import ServerSettings
 from gateway.http.auth import AuthSettings
 from gateway.http.cors import CORSSettings
 from gateway.upstream.cache import CacheSettings
@@ -114,11 +115,15 @@ class Settings(BaseSettings):
     emulator: EmulatorSettings = EmulatorSettings()
     max_query_bytes: int = Field(32 * 1024, gt=0)
     """Queries longer than this (UTF-8 bytes) are refused with 413."""
+    max_history_turns: int = Field(200, ge=0)
+    max_history_bytes: int = Field(256 * 1024, ge=0)
+    """A history of more turns, or more text (UTF-8 bytes, all turns), is refused with 413."""
     max_body_bytes: int = Field(1024 * 1024, gt=0)
     """Larger request bodies are refused with 413."""
     shutdown_grace_s: float = Field(8.0, ge=0)
     """On SIGTERM, open streams get this long to finish (Cloud Run kills after 10 s)."""
     retry_budget: RetryBudgetSettings = RetryBudgetSettings()
+    server: ServerSettings = ServerSettings()
     redis_url: str | None = None
     """``redis://host:port/db`` to cache in (and coalesce through) Redis; in memory if unset."""
     cache: CacheSettings = CacheSettings()

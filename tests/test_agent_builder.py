@@ -112,7 +112,7 @@ async def test_malformed_session_id_is_refused_before_calling_google(
     response = await ask(client, url, session_id="../../engines/other/sessions/1")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_argument"
-    assert emulator.calls == []
+    assert not emulator.calls
 
 
 async def test_skipped_answer_is_done_with_reasons_and_no_text(

@@ -267,7 +267,7 @@ async def test_requests_the_gateway_cannot_answer_are_422(
     assert raised.value.code == "invalid_request"
     assert isinstance(raised.value.body, dict)
     assert str(raised.value.body["message"]).startswith(message)
-    assert emulator.calls == []
+    assert not emulator.calls
 
 
 async def test_models_are_the_configured_backends(client: openai.AsyncOpenAI) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,10 +91,14 @@ class Call:
 
 @dataclass
 class Emulator:
-    """Serves the emulated services on one port and records every call."""
+    """Serves the emulated services on one port and records its calls: the last
+    ``keep_calls`` of them in ``calls`` (a ring, so a long-running emulator stays bounded),
+    and how many it received in ``received``, both since the last reset."""
 
     behaviour: Behaviour = field(default_factory=Behaviour)
-    calls: list[Call] = field(default_factory=list)
+    keep_calls: int = 1000
+    calls: deque[Call] = field(init=False)
+    received: int = 0
     port: int = 0
     """The gRPC services' port."""
     rest_port: int = 0
@@ -106,6 +111,9 @@ class Emulator:
     _rest: Any = None
     _failures: int = 0
     _hangs: int = 0
+
+    def __post_init__(self) -> None:
+        self.calls = deque(maxlen=self.keep_calls)
 
     @property
     def address(self) -> str:
@@ -144,6 +152,7 @@ class Emulator:
         """Forget calls and sessions; start over with ``behaviour`` (default knobs if None)."""
         self.behaviour = behaviour or Behaviour()
         self.calls.clear()
+        self.received = 0
         self.sessions.clear()
         self.session_users.clear()
         self._failures = 0
@@ -155,6 +164,7 @@ class Emulator:
     def record(self, method: str, request: Any) -> Call:
         call = Call(method, request)
         self.calls.append(call)
+        self.received += 1
         return call
 
     async def play(self, call: Call, responses: Sequence[Any]) -> AsyncGenerator[Any, None]:

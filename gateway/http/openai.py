@@ -39,7 +39,7 @@ from gateway.formats.openai import ChatChunks, ChatCompletion
 from gateway.http import openapi
 from gateway.http.auth import allowed_backends
 from gateway.http.errors import HTTPProblem
-from gateway.http.pipeline import check_query, deliver, read_body
+from gateway.http.pipeline import check_history, check_query, deliver, read_body
 from gateway.runtime import Runtime
 from gateway.upstream.trace import Trace
 
@@ -156,6 +156,7 @@ class ChatCompletions:
         body.refuse_unsupported()
         query, history, system = conversation(body.messages)
         check_query(request, query, "messages")
+        check_history(request, history, "messages")
         trace: Trace | None = scope.get("state", {}).get("trace")
         if trace is not None:
             trace.user = body.user

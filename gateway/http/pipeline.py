@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Send
 
-from backends.base import BackendError, QARequest
+from backends.base import BackendError, QARequest, Turn
 from gateway.formats import Format, Head
 from gateway.formats.base import Outcomes
 from gateway.http.auth import check_backend
@@ -70,6 +71,18 @@ def check_query(request: Request, query: str, field: str = "query") -> None:
     limit = request.app.state.runtime.settings.max_query_bytes
     if len(query.encode()) > limit:
         raise HTTPProblem(413, "query_too_long", f"{field} exceeds {limit} bytes")
+
+
+def check_history(request: Request, history: Sequence[Turn], field: str = "history") -> None:
+    """413 past ``max_history_turns`` turns or ``max_history_bytes`` of their text."""
+    settings = request.app.state.runtime.settings
+    if len(history) > settings.max_history_turns:
+        limit = f"{settings.max_history_turns} turns"
+    elif sum(len(turn.text.encode()) for turn in history) > settings.max_history_bytes:
+        limit = f"{settings.max_history_bytes} bytes"
+    else:
+        return
+    raise HTTPProblem(413, "history_too_long", f"{field}: the conversation exceeds {limit}")
 
 
 async def deliver(

@@ -15,7 +15,14 @@ from backends.base import Generation, QARequest, Turn
 from gateway import formats
 from gateway.http import openapi, resume
 from gateway.http.errors import HTTPProblem
-from gateway.http.pipeline import backend_named, check_query, deliver, principal_of, read_body
+from gateway.http.pipeline import (
+    backend_named,
+    check_history,
+    check_query,
+    deliver,
+    principal_of,
+    read_body,
+)
 from gateway.upstream.base import Ask
 
 router = APIRouter()
@@ -79,6 +86,7 @@ class QAEndpoint:
         body = await read_body(request, QABody)
         check_query(request, body.query)
         history = tuple(Turn(turn.role, turn.text) for turn in body.history)
+        check_history(request, history)
         question = QARequest(body.query, body.session_id, history, body.generation, body.system)
         await deliver(request, send, question, body.backend, chosen)
 
