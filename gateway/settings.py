@@ -18,8 +18,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from backends.agent_builder import AgentBuilderConfig
 from backends.agent_engine import AgentEngineConfig
 from backends.gemini import GeminiConfig
-from gateway.http.connection import ServerSettings
 from gateway.http.auth import AuthSettings
+from gateway.http.connection import ServerSettings
 from gateway.http.cors import CORSSettings
 from gateway.upstream.cache import CacheSettings
 from gateway.upstream.entries import BackendCachePolicy
