@@ -62,7 +62,7 @@ async def test_an_unknown_field_is_refused_as_google_does(
     error = response.json()["error"]
     assert (error["code"], error["status"]) == (400, "INVALID_ARGUMENT")
     assert "generationConfg" in error["message"]
-    assert emulator.calls == []
+    assert not emulator.calls
 
 
 async def test_without_alt_sse_the_chunks_come_as_one_json_array(

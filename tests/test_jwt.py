@@ -165,7 +165,7 @@ async def test_bad_tokens_are_refused(
         assert response.status_code == 401, name
         assert response.json()["error"]["code"] == "invalid_credentials", name
         assert response.headers["www-authenticate"].startswith("Bearer"), name
-    assert emulator.calls == []
+    assert not emulator.calls
     # Unknown key ids did not make the gateway fetch the key set again (within refetch_s).
     assert keys.fetches == max(fetched, 1)
 
@@ -193,7 +193,7 @@ async def test_an_unreachable_key_set_is_503_not_a_crash(
     async with gateway(token_settings(emulator, closed, jwks_timeout_s=1)) as base:
         response = await ask(client, base, Issuer().token())
     assert (response.status_code, response.json()["error"]["code"]) == (503, "auth_unavailable")
-    assert emulator.calls == []
+    assert not emulator.calls
 
 
 @pytest.mark.parametrize("algorithm", ["none", "HS256", "HS512", "rs256"])

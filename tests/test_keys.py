@@ -68,7 +68,7 @@ async def test_none_wrong_valid_forbidden(
     assert (wrong.status_code, wrong.json()["error"]["code"]) == (401, "invalid_credentials")
     basic = await client.post(qa, json=body, headers={"Authorization": "Basic d2ViOmtleQ=="})
     assert basic.status_code == 401
-    assert emulator.calls == []
+    assert not emulator.calls
 
     valid = await client.post(qa, json=body, headers=bearer(WEB))
     assert valid.status_code == 200

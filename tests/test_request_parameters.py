@@ -93,7 +93,7 @@ async def test_over_the_ceiling_is_400_naming_it(
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_argument"
     assert response.json()["error"]["message"] == "generation.max_output_tokens: at most 100 here"
-    assert emulator.calls == []
+    assert not emulator.calls
 
 
 async def test_a_field_not_allowed_is_unsupported_parameter(
@@ -159,7 +159,7 @@ async def test_system_can_be_denied(http: httpx.AsyncClient, emulator: Emulator)
         response = await http.post(f"{url}/qa", json={"query": QUERY, "system": "Be rude."})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "unsupported_parameter"
-    assert emulator.calls == []
+    assert not emulator.calls
 
 
 async def test_requests_differing_in_a_parameter_never_share_an_answer(
@@ -240,7 +240,7 @@ async def test_what_the_gateway_cannot_do_is_refused_not_ignored(
     assert param in raised.value.message
     assert isinstance(raised.value.body, dict) and raised.value.body["param"] == param
     assert raised.value.code == "unsupported_parameter"
-    assert emulator.calls == []
+    assert not emulator.calls
 
 
 async def test_an_image_part_is_refused(sdk: openai.AsyncOpenAI, emulator: Emulator) -> None:
@@ -248,7 +248,7 @@ async def test_an_image_part_is_refused(sdk: openai.AsyncOpenAI, emulator: Emula
     with pytest.raises(openai.BadRequestError) as raised:
         await sdk.chat.completions.create(model="gemini", messages=image)
     assert "image_url" in raised.value.message
-    assert emulator.calls == []
+    assert not emulator.calls
 
 
 async def test_a_safety_block_ends_with_content_filter(sdk: openai.AsyncOpenAI) -> None:

@@ -14,7 +14,9 @@ from tests.support import wait_for
 
 async def test_the_read_in_flight_lands_before_the_call_is_cancelled(emulator: Emulator) -> None:
     emulator.reset(Behaviour(chunks=4, delay_ms=500))
-    backend = GeminiConfig(type="gemini", endpoint=emulator.address, insecure=True).build("g")
+    backend = GeminiConfig(
+        type="gemini", transport="grpc", endpoint=emulator.address, insecure=True
+    ).build("g")
     try:
         answer = backend.stream(QARequest("hi"))
         await anext(answer)  # the first chunk is in; the read of the second is next
