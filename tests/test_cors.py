@@ -185,3 +185,27 @@ async def test_a_body_that_is_not_json_is_415_before_any_upstream_call(
     charset = {"Content-Type": "application/json; charset=utf-8"}
     ok = await client.post(f"{gateway_url}/qa", content='{"query": "hi"}', headers=charset)
     assert ok.status_code == 200
+
+
+EVENT_SOURCE = """(url) => new Promise((resolve) => {
+  const texts = [];
+  const source = new EventSource(url);
+  source.addEventListener("delta", (e) => texts.push(JSON.parse(e.data).text));
+  source.addEventListener("done", () => { source.close(); resolve({ text: texts.join("") }); });
+  source.onerror = () => { source.close(); resolve({ error: "blocked", text: texts.join("") }); };
+})"""
+
+
+@skip_without_chromium()
+async def test_event_source_from_an_allowed_origin_streams_and_another_is_blocked(
+    browser: Browser, origins: tuple[str, str], emulator: Emulator
+) -> None:
+    allowed, other = origins
+    settings = settings_for(emulator, cors={"allow_origins": [allowed]})
+    async with gateway(settings) as url:
+        seen = await run_in_page(browser, allowed, EVENT_SOURCE, f"{url}/qa?query=EventSource")
+        assert len(emulator.calls) == 1
+        blocked = await run_in_page(browser, other, EVENT_SOURCE, f"{url}/qa?query=B")
+    assert seen == {"text": "".join(answer_chunks("EventSource", 8))}
+    assert blocked == {"error": "blocked", "text": ""}
+    assert len(emulator.calls) == 1  # the foreign page's GET cost no upstream call
