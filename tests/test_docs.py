@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Request, async_playwright
+from playwright.async_api import Request
 
-from tests.test_playground import ARGS, CHROMIUM
+from tests.browser import launched, skip_without_chromium
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium")
+pytestmark = skip_without_chromium()
 
 
 @pytest.fixture
@@ -27,8 +26,7 @@ async def test_docs_render_offline_with_the_qa_operation(gateway_url: str) -> No
         if not request.url.startswith(gateway_url):
             elsewhere.append(request.url)
 
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    async with launched() as browser:
         page = await browser.new_page()
         page.on("request", note)
         await page.route(  # nothing but the gateway answers: as without a network
@@ -41,7 +39,6 @@ async def test_docs_render_offline_with_the_qa_operation(gateway_url: str) -> No
         operation = page.locator("#operations-default-qa")
         await operation.wait_for(timeout=10_000)
         text = await operation.inner_text()
-        await browser.close()
     assert "/qa" in text
     assert elsewhere == []
 

@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, expect
 
 from backends.emulator import Behaviour, Emulator, agent_engine
 from backends.emulator.gemini import answer_chunks
 from backends.emulator.search import DOCUMENTS, SENTENCES, answer_pieces
+from tests.browser import launched, skip_without_chromium
 from tests.support import both, gateway, with_agent
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 QUERY = "What does the playground show?"
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason="no chromium on PATH or at /usr/bin/chromium (apt-get install chromium)",
-)
+pytestmark = skip_without_chromium()
 
 WATCH_ANSWER = """() => {
   window.seen = [];
@@ -47,10 +32,8 @@ WATCH_ANSWER = """() => {
 
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    async with launched() as browser:
         yield browser
-        await browser.close()
 
 
 @pytest.fixture(scope="module")
