@@ -30,6 +30,16 @@ _Request: Any = GenerateContentRequest.pb()
 _Response: Any = GenerateContentResponse.pb()
 
 
+def _arrived(exchange: Exchange) -> None:
+    """Note one more message of ``exchange``, now."""
+    now = time.monotonic()
+    exchange.frames += 1
+    if exchange.frames == 1:
+        exchange.first = now
+    if exchange.stamps is not None:
+        exchange.stamps.append(now)
+
+
 class RawRest:
     """Streams answers straight from the emulator's REST API; results look like the HTTP
     client's."""
@@ -53,12 +63,7 @@ class RawRest:
                     *frames, pending = (pending + chunk).split(b"\r\n\r\n")
                     for frame in frames:
                         orjson.loads(frame[6:])  # after "data: "
-                        now = time.monotonic()
-                        exchange.frames += 1
-                        if exchange.frames == 1:
-                            exchange.first = now
-                        if exchange.stamps is not None:
-                            exchange.stamps.append(now)
+                        _arrived(exchange)
         except aiohttp.ClientError as exc:
             exchange.error = type(exc).__name__
         exchange.last = time.monotonic()
@@ -87,12 +92,7 @@ class RawStub:
         exchange = Exchange(time.monotonic(), [] if stamps else None)
         try:
             async for _ in self._call(request, timeout=120):
-                now = time.monotonic()
-                exchange.frames += 1
-                if exchange.frames == 1:
-                    exchange.first = now
-                if exchange.stamps is not None:
-                    exchange.stamps.append(now)
+                _arrived(exchange)
             exchange.status = 200
         except grpc.aio.AioRpcError as exc:
             exchange.error = f"{exc.code().name}: {exc.details()}"

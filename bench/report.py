@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-from bench.scenarios import Identical, Idle
+from bench import report_scenarios as sections
+from bench.markdown import number, table
 from bench.stats import Round
-from bench.streams import Streams
 from bench.summary import Results, added, best_under, med, med_cpu, med_of, rounds_of
 from bench.targets import targets
 
 METRICS = ("first_p50", "first_p99", "last_p50", "last_p99")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
-def _f(value: float, digits: int = 2) -> str:
-    return "n/a" if value != value else f"{value:.{digits}f}"
-
-
 def render(results: Results) -> str:
     out = ["# Benchmark results", "", *results.machine, ""]
     out += _ceiling(results.ceiling) + _latency(results.rounds) + _cpu(results.rounds)
-    out += _throughput(results.sweep) + _cache(results)
-    out += _streams(results.streams) + _identical(results.identical) + _idle(results.idle)
+    out += _throughput(results.sweep) + sections.cache(results)
+    out += sections.streams(results.streams) + sections.identical(results.identical)
+    out += sections.idle(results.idle)
     out += targets(results)
     out += [
         "Where the CPU goes, what is left, and the changes proposed with their measured "
@@ -40,9 +32,9 @@ def _ceiling(rounds: list[Round]) -> list[str]:
             str(r.concurrency),
             f"{r.rps:,.0f}",
             f"{r.events_per_s:,.0f}",
-            _f(r.last_p50, 3),
-            _f(r.last_p99, 3),
-            _f(r.cpu_per_answer_ms("bench"), 3),
+            number(r.last_p50, 3),
+            number(r.last_p99, 3),
+            number(r.cpu_per_answer_ms("bench"), 3),
             str(r.errors),
         ]
         for r in rounds
@@ -50,7 +42,7 @@ def _ceiling(rounds: list[Round]) -> list[str]:
     return [
         "## Load generator alone (canned 20-event SSE answers from `bench.trivial`)",
         "",
-        *_table(
+        *table(
             [
                 "concurrency",
                 "answers/s",
@@ -75,11 +67,11 @@ def _latency(rounds: list[Round]) -> list[str]:
             series = rounds_of(rounds, target, concurrency)
             rows.append(
                 [str(concurrency), target]
-                + [_f(med_of(series, m)) for m in METRICS]
+                + [number(med_of(series, m)) for m in METRICS]
                 + [
                     f"{med(series, lambda r: r.rps):,.0f}",
                     str(sum(r.errors for r in series)),
-                    _f(med(series, lambda r: r.others_cores)),
+                    number(med(series, lambda r: r.others_cores)),
                 ]
             )
         for target in paths:
@@ -87,7 +79,7 @@ def _latency(rounds: list[Round]) -> list[str]:
                 continue
             rows.append(
                 [str(concurrency), f"**added by {target}**"]
-                + [f"**{_f(added(rounds, m, concurrency, target))}**" for m in METRICS]
+                + [f"**{number(added(rounds, m, concurrency, target))}**" for m in METRICS]
                 + ["", "", ""]
             )
     return [
@@ -99,7 +91,7 @@ def _latency(rounds: list[Round]) -> list[str]:
         "runs the 2 cores at saturation (see the emulator's CPU below), so those rows show "
         "queueing more than added work.",
         "",
-        *_table(
+        *table(
             [
                 "conc.",
                 "path",
@@ -127,7 +119,7 @@ def _cpu(rounds: list[Round]) -> list[str]:
             series = rounds_of(rounds, target, concurrency)
             rows.append(
                 [str(concurrency), target]
-                + [_f(med_cpu(series, p), 3) for p in ("gateway", "emulator", "bench")]
+                + [number(med_cpu(series, p), 3) for p in ("gateway", "emulator", "bench")]
             )
     return [
         "## CPU time per answer, ms (process CPU / answers; medians of rounds)",
@@ -136,7 +128,7 @@ def _cpu(rounds: list[Round]) -> list[str]:
         "aiohttp on the REST API, a raw gRPC channel, "
         "and the gateway's Gemini backend on the SDK without HTTP.",
         "",
-        *_table(["conc.", "path", "gateway", "emulator", "bench (load generator)"], rows),
+        *table(["conc.", "path", "gateway", "emulator", "bench (load generator)"], rows),
         "",
     ]
 
@@ -148,18 +140,18 @@ def _throughput(sweep: list[Round]) -> list[str]:
             str(r.concurrency),
             f"{r.rps:,.0f}",
             f"{r.events_per_s:,.0f}",
-            _f(r.last_p50),
-            _f(r.last_p99),
-            _f(r.cpu_per_answer_ms("gateway"), 3),
+            number(r.last_p50),
+            number(r.last_p99),
+            number(r.cpu_per_answer_ms("gateway"), 3),
             str(r.errors),
-            _f(r.others_cores),
+            number(r.others_cores),
         ]
         for r in sweep
     ]
     lines = [
         "## Throughput by concurrency (20-event answers; events = answer events)",
         "",
-        *_table(
+        *table(
             [
                 "path",
                 "conc.",
@@ -187,98 +179,3 @@ def _throughput(sweep: list[Round]) -> list[str]:
             )
         )
     return [*lines, ""]
-
-
-def _cache(results: Results) -> list[str]:
-    if not results.cache:
-        return [
-            "## Cache hits",
-            "",
-            "cache: not available (no `X-Cache: HIT` on a repeated "
-            "query; the hit rounds run once the gateway reports one)",
-            "",
-        ]
-    hit = best_under(results.sweep, "gateway-hit")
-    return [
-        "## Cache hits",
-        "",
-        f"- last byte p50 at concurrency 1: "
-        f"{_f(med(rounds_of(results.rounds, 'gateway-hit', 1), lambda r: r.last_p50), 3)} ms",
-        f"- hits/s at p99 ≤ 10 ms: {hit.rps:,.0f}" if hit else "- hits/s: none within 10 ms",
-        *_resume(results),
-        "",
-    ]
-
-
-def _resume(results: Results) -> list[str]:
-    resumes = rounds_of(results.rounds, "gateway-resume", 1)
-    if not resumes:
-        return []
-    p50 = med(resumes, lambda r: r.last_p50)
-    return [
-        f"- resume of that finished 20-event answer (`GET /qa/streams/{{id}}`), last byte "
-        f"p50 at concurrency 1: {_f(p50, 3)} ms"
-    ]
-
-
-def _streams(streams: list[Streams]) -> list[str]:
-    rows = [
-        [
-            s.path,
-            str(s.streams),
-            str(s.completed),
-            _f(s.delay_p50_ms, 3),
-            _f(s.delay_p99_ms, 3),
-            _f(s.delay_max_ms, 1),
-            _f(s.steady_p99_ms, 3),
-            _f(s.rss_per_stream_kb, 1),
-            _f(s.others_cores),
-            "; ".join(s.errors),
-        ]
-        for s in streams
-    ]
-    return [
-        "## Open streams (1 event/s; delay = arrival at the client - hand-off by the emulator)",
-        "",
-        "One row per path and round, rounds in order. RSS per stream counts in the first round "
-        "only: later rounds reuse memory the first one freed.",
-        "",
-        *_table(
-            [
-                "path",
-                "streams",
-                "completed",
-                "delay p50 ms",
-                "delay p99 ms",
-                "max ms",
-                "steady p99 ms",
-                "RSS KB/stream (gateway; direct: bench client)",
-                "others (cores)",
-                "first errors",
-            ],
-            rows,
-        ),
-        "",
-    ]
-
-
-def _identical(found: Identical) -> list[str]:
-    return [
-        "## Identical concurrent requests",
-        "",
-        f"- {found.requests} concurrent requests for one new query: "
-        f"**{found.upstream_calls} upstream calls**, {found.answered} answered",
-        "",
-    ]
-
-
-def _idle(idle: Idle) -> list[str]:
-    return [
-        "## Start-up and idle",
-        "",
-        f"- start-up (process start to `/readyz` 200): **{idle.startup_s:.2f} s**",
-        f"- RSS at ready: **{idle.rss_ready_kb / 1024:.1f} MB**; after the run, idle: "
-        f"{idle.rss_after_kb / 1024:.1f} MB; idle CPU {idle.cpu_idle_ms_per_s:.1f} ms/s",
-        f"- gateway process: {idle.modules}",
-        "",
-    ]

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
+from bench.markdown import number, table
 from bench.stats import median
 from bench.summary import Results, added, best_under, med, rounds_of
-
-
-def _f(value: float, digits: int = 2) -> str:
-    return "n/a" if value != value else f"{value:.{digits}f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def targets(results: Results) -> list[str]:
@@ -24,7 +16,7 @@ def targets(results: Results) -> list[str]:
         checks.append(
             [
                 name,
-                f"{_f(value, 3)} {unit}",
+                f"{number(value, 3)} {unit}",
                 f"{'≥' if higher else '≤'} {limit:g}",
                 ("met" if met else "**missed**") + gap,
             ]
@@ -85,4 +77,4 @@ def targets(results: Results) -> list[str]:
         )
     check("upstream calls for identical requests", results.identical.upstream_calls, 1, "")
     check("start-up to ready (REST, no gRPC backend)", results.idle.startup_s, 1.0, "s")
-    return ["## Targets", "", *_table(["target", "measured", "goal", ""], checks), ""]
+    return ["## Targets", "", *table(["target", "measured", "goal", ""], checks), ""]
