@@ -4,7 +4,8 @@ One emulator, one gateway process per checkout (each ``DIR`` holds ``gateway/`` 
 ``backends/``), and interleaved rounds at concurrency 1 and 32: direct, then each gateway
 (cache miss). Prints, per gateway, the medians of latency added over direct and of gateway
 CPU per answer. Made for trying a hot-path change on a copy: interleaving cancels most of
-the noise other work on the machine adds.
+the noise other work on the machine adds. ``--floor`` adds ``bench.floor``, a bare relay on
+the gateway's server and client libraries: the least any gateway on this stack adds.
 """
 
 from __future__ import annotations
@@ -22,13 +23,22 @@ from bench.load import Pool, Target, direct_target, gateway_target, measure
 from bench.stats import Round, median
 
 
-async def compare(roots: list[Path], rounds: int, requests: dict[int, int]) -> None:
+async def compare(
+    roots: list[Path], rounds: int, requests: dict[int, int], floor: bool = False
+) -> None:
     work = Path(tempfile.mkdtemp(prefix="qa-compare-"))
     emulator = procs.EmulatorProcess(work)
     gateways, pools = [], []
     direct = RawRest(emulator.rest_address)
     try:
         targets: list[tuple[Target, int]] = [(direct_target(direct), os.getpid())]
+        if floor:
+            child, port = procs.start_floor(work, emulator)
+            gateways.append(child)
+            procs.wait_http_ready(child, port)
+            pools.append(pool := Pool(port))
+            await pool.grow(32)
+            targets.append((gateway_target(pool, name="floor"), child.pid))
         for index, root in enumerate(roots):
             (work / str(index)).mkdir()
             child, port = procs.start_gateway(work / str(index), emulator, root)
@@ -89,9 +99,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--c1", type=int, default=200, help="requests per round at conc. 1")
     parser.add_argument("--c32", type=int, default=800, help="requests per round at conc. 32")
+    parser.add_argument(
+        "--floor", action="store_true", help="also a bare relay on the same stack (bench.floor)"
+    )
     args = parser.parse_args()
     procs.raise_fd_limit()
-    uvloop.run(compare([r.resolve() for r in args.roots], args.rounds, {1: args.c1, 32: args.c32}))
+    requests = {1: args.c1, 32: args.c32}
+    roots = [root.resolve() for root in args.roots]
+    uvloop.run(compare(roots, args.rounds, requests, args.floor))
 
 
 if __name__ == "__main__":

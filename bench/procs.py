@@ -199,6 +199,13 @@ def start_gateway(
     return _spawn(f"gateway-{transport}", argv, workdir, cwd=root), port
 
 
+def start_floor(workdir: Path, emulator: EmulatorProcess) -> tuple[Child, int]:
+    """``bench.floor``: a bare relay of the emulator's REST API on the gateway's stack."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.floor", "--port", str(port)]
+    return _spawn("floor", [*argv, "--upstream", emulator.rest_address], workdir), port
+
+
 def start_trivial(workdir: Path, events: int) -> tuple[Child, int]:
     """``bench.trivial``: canned answers, to measure the load generator alone."""
     port = free_port()

@@ -11,6 +11,7 @@ from fastapi_offline import FastAPIOffline
 from gateway.http import errors, openai, openapi, ops, qa, resume
 from gateway.http.auth import FrontDoor
 from gateway.http.cors import CORS
+from gateway.http.dispatch import Dispatch
 from gateway.http.guard import Guards
 from gateway.http.observe import Metrics, Observed
 from gateway.runtime import running
@@ -44,8 +45,10 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.metrics = metrics = Metrics()
     app.state.guards = Guards()
-    for router in (qa.router, openai.router, ops.router):
+    routers = (qa.router, openai.router, ops.router)
+    for router in routers:
         app.include_router(router)
+    app.add_middleware(Dispatch, routes=[route for router in routers for route in router.routes])
     app.add_middleware(FrontDoor, settings=settings.auth)
     app.add_middleware(CORS, settings=settings.cors)
     tenant = settings.cache.tenant
