@@ -5,7 +5,8 @@ One emulator, one gateway process per checkout (each ``DIR`` holds ``gateway/`` 
 (cache miss). Prints, per gateway, the medians of latency added over direct and of gateway
 CPU per answer. Made for trying a hot-path change on a copy: interleaving cancels most of
 the noise other work on the machine adds. ``--floor`` adds ``bench.floor``, a bare relay on
-the gateway's server and client libraries: the least any gateway on this stack adds.
+the gateway's server and client libraries: the least any gateway on this stack adds;
+``--redis-url`` puts every gateway's cache (answer streams, coalescing) in that Redis.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from bench.stats import Round, median
 
 
 async def compare(
-    roots: list[Path], rounds: int, requests: dict[int, int], floor: bool = False
+    roots: list[Path],
+    rounds: int,
+    requests: dict[int, int],
+    floor: bool = False,
+    redis_url: str | None = None,
 ) -> None:
     work = Path(tempfile.mkdtemp(prefix="qa-compare-"))
     emulator = procs.EmulatorProcess(work)
@@ -41,7 +46,9 @@ async def compare(
             targets.append((gateway_target(pool, name="floor"), child.pid))
         for index, root in enumerate(roots):
             (work / str(index)).mkdir()
-            child, port = procs.start_gateway(work / str(index), emulator, root)
+            child, port = procs.start_gateway(
+                work / str(index), emulator, root, redis_url=redis_url
+            )
             gateways.append(child)
             procs.wait_http_ready(child, port)
             pools.append(pool := Pool(port))
@@ -102,11 +109,15 @@ def main() -> None:
     parser.add_argument(
         "--floor", action="store_true", help="also a bare relay on the same stack (bench.floor)"
     )
+    parser.add_argument(
+        "--redis-url",
+        help="the gateways' cache in this Redis (every key expires: use a Redis of your own)",
+    )
     args = parser.parse_args()
     procs.raise_fd_limit()
     requests = {1: args.c1, 32: args.c32}
     roots = [root.resolve() for root in args.roots]
-    uvloop.run(compare(roots, args.rounds, requests, args.floor))
+    uvloop.run(compare(roots, args.rounds, requests, args.floor, args.redis_url))
 
 
 if __name__ == "__main__":

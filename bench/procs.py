@@ -156,6 +156,7 @@ class EmulatorProcess:
 
 GATEWAY_CONFIG = """\
 default_backend = "gemini"
+{top}
 
 [backends.gemini]
 type = "gemini"
@@ -172,17 +173,21 @@ def start_gateway(
     transport: str = "rest",
     *,
     extra_config: str = "",
+    redis_url: str | None = None,
     launcher: Sequence[str] = ("gateway.cli",),
 ) -> tuple[Child, int]:
     """``qa-gateway serve`` on a free port, its Gemini backend on ``emulator`` over
     ``transport``; from ``root`` if given.
 
-    ``extra_config`` (TOML tables) is appended to the config; ``launcher`` is the module to
+    ``extra_config`` (TOML tables) is appended to the config; ``redis_url``, if given, is the
+    cache's Redis (every key it writes expires); ``launcher`` is the module to
     run and its arguments before ``serve`` (a wrapper of ``gateway.cli``, or that itself).
     """
     address = emulator.rest_address if transport == "rest" else emulator.address
     config = workdir / f"gateway-{transport}.toml"
-    config.write_text(GATEWAY_CONFIG.format(address=address, transport=transport) + extra_config)
+    top = "" if redis_url is None else f'redis_url = "{redis_url}"'
+    text = GATEWAY_CONFIG.format(address=address, transport=transport, top=top)
+    config.write_text(text + extra_config)
     port = free_port()
     argv = [
         sys.executable,
