@@ -82,14 +82,16 @@ class Publisher:
 
     async def finish(self, end: Event | BackendError, cache_ttl_s: float | None) -> None:
         """Publish the end (followers elsewhere get the same error, even one before the first
-        event), wait for the last batch, then leave the stream for ``keep_s`` (or, with
-        ``cache_ttl_s``, as the question's cached answer)."""
+        event), wait for the last batch (through an outage, up to ``recover_s``), then leave
+        the stream for ``keep_s`` (or, with ``cache_ttl_s``, as the question's cached answer)."""
         self._add(encode_end(end))
         if cache_ttl_s is not None and self._entries:
             self._cached_end = len(self._entries) - 1
         self._closing = True
         self._ready.set()
         await self._task
+        if self._failed:
+            cache_ttl_s = None  # what Redis holds is not the whole answer: not one to keep
         close = partial(self._close, cache_ttl_s)
         await self.journal.call(close, None, self.keys.events, gated=not self._sends)
 
