@@ -151,6 +151,8 @@ async def test_a_redis_restart_mid_answer_fails_no_follower(
         await asyncio.to_thread(redis_server.start)
         produced = await asyncio.gather(*producing)
         followed = await asyncio.gather(*following)
+    lag = max(b.ended_at - a.ended_at for a, b in zip(produced, followed, strict=True))
+    print(f"followers done at most {lag:.2f} s after their producer's clients")
     for query, mine, theirs in zip(queries, produced, followed, strict=True):
         assert_whole(mine, query)
         assert_whole(theirs, query)
