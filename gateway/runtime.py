@@ -132,7 +132,8 @@ def _journal(
         breaker,
         knobs.prefix,
         settings.resume,
-        lock_ttl_s=knobs.lock_ttl_s,
+        heartbeat_s=knobs.heartbeat_s,
+        recover_s=knobs.recover_s,
         block_ms=BLOCK_MS,
         on_bad_value=on_bad_value,
     )

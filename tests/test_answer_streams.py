@@ -11,8 +11,10 @@ import pytest
 import redis
 
 from backends.emulator import Behaviour, Emulator
+from backends.emulator.gemini import answer_chunks
+from gateway.upstream.streams import encode, new_stream_id
 from tests.redis_support import SHARED_URL, delete_prefix, keys_under, new_prefix
-from tests.support import gateway, parse_sse, wait_for
+from tests.support import gateway, parse_sse, text_of, wait_for
 from tests.test_cache import answer_keys, cached, two_instances
 
 QUERY = {"query": "Which attempt do I follow?"}
@@ -124,3 +126,37 @@ async def test_what_redis_holds_for_a_cached_answer(
     frames = parse_sse(answer.content)
     assert [entry_id for entry_id, _ in entries] == [f"1-{n}".encode() for n, _, _ in frames]
     assert b"c" in entries[-1][1]  # the end of a cached answer
+
+
+async def test_a_stream_whose_producer_died_is_taken_over_once(
+    emulator: Emulator, prefix: str
+) -> None:
+    """The question points at what a crashed instance left (its stream's origin and a first
+    delta; no heartbeat, no end): two instances asked at once take it over atomically, so one
+    upstream call answers both, afresh, never with the dead answer's text; a resume of the
+    dead stream is 404."""
+    async with two_instances(emulator, prefix) as (first_url, second_url, client):
+        await client.post(f"{first_url}/qa", json=QUERY)
+        [key] = answer_keys(prefix)
+        dead = new_stream_id()
+        events_key = f"{prefix}s:{{{dead}}}:events"
+        origin = {"backend": "gemini", "owner": "anonymous", "tenant": "default", "shared": True}
+        with redis.Redis.from_url(SHARED_URL) as r:
+            r.xadd(events_key, {"e": encode("meta", origin)}, id="1-0")
+            r.xadd(events_key, {"e": encode("delta", {"text": "The dead answer "})}, id="1-1")
+            r.expire(events_key, 60)
+            r.set(key, dead, px=60_000)
+        emulator.reset(Behaviour(first_delay_ms=200))
+        replies = await asyncio.gather(
+            *(client.post(f"{url}/qa", json=QUERY) for url in (first_url, second_url))
+        )
+        resumed = await client.get(f"{second_url}/qa/streams/{dead}")
+        with redis.Redis.from_url(SHARED_URL) as r:
+            pointer = r.get(key)
+    for reply in replies:
+        frames = parse_sse(reply.content)
+        assert [kind for _, kind, _ in frames] == ["meta"] + ["delta"] * 8 + ["done"]
+        assert text_of(frames) == "".join(answer_chunks(QUERY["query"], 8))
+    assert len(emulator.calls) == 1
+    assert pointer == replies[0].headers["x-stream-id"].encode() != dead.encode()
+    assert (resumed.status_code, resumed.json()["error"]["code"]) == (404, "stream_not_found")

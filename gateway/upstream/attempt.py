@@ -1,24 +1,33 @@
 """One attempt at answering, as a flight's ``Source``: it opens the question's answer stream.
 
 With a question key (a question that may be shared), it claims the question in the journal
-or follows the stream another instance is producing for it; what it calls the upstream for
-it records as it goes (``Recorder``); at the end the stream is kept, as the question's cached
-answer when it is complete and cacheable.
+or follows the stream another instance is producing for it (a stream it cannot follow, its
+producer dead, it takes the question over from); what it calls the upstream for it records as
+it goes (``Recorder``); at the end the stream is kept, as the question's cached answer when it
+is complete and cacheable. A followed stream that breaks off (its producer died, Redis stayed
+down, or it was abandoned) is answered afresh here, going on from what the clients have.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 
-from backends.base import Backend, Done, Event, TransientError
+from backends.base import Backend, BackendError, Done, Event, TransientError
 from gateway.upstream.base import Answer, Ask, Upstream
 from gateway.upstream.entries import BackendCachePolicy
-from gateway.upstream.flight import Flight
-from gateway.upstream.streams import Journal, Recorder, ResumeSettings
+from gateway.upstream.flight import ABANDONED, Flight
+from gateway.upstream.splice import Seen, beyond
+from gateway.upstream.streams import Journal, LostStream, Reading, Recorder, ResumeSettings
 
+log = logging.getLogger("gateway.streams")
 NORMAL_FINISH = frozenset({"stop", "max_tokens"})
 """Answers that end so are stored (skipped ones only with ``cache_skipped``)."""
+FOLLOWS = 3
+"""Streams an asker tries to follow (each taken over from the one before) before it answers
+without the question's pointer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +59,13 @@ class Attempt:
         attempts, key = self.attempts, self.key
         if key is not None:
             current = await attempts.journal.claim(key, flight.stream_id)
-            if current is not None:
+            for _ in range(FOLLOWS):
+                if current is None:
+                    break
                 following = await self._follow(flight, current)
                 if following is not None:
                     return following
-                await attempts.journal.take(key, flight.stream_id)
+                current = await attempts.journal.take(key, flight.stream_id, current)
         self.recorder = attempts.journal.recorder(flight, key, attempts.settings)
         return await attempts.inner.open(self.ask)
 
@@ -73,17 +84,31 @@ class Attempt:
         first = await anext(reading.batches)
         flight.rename(stream_id)  # the clients here read the stream they joined
         self.ask.trace.coalesced = True
+        return Answer(backend, first[0], self._rest(first, reading), release=reading.batches.aclose)
 
-        async def rest() -> AsyncGenerator[Sequence[Event], None]:
-            try:
-                if len(first) > 1:
-                    yield first[1:]
-                async for batch in reading.batches:
-                    yield batch
-            finally:
-                await reading.batches.aclose()
-
-        return Answer(backend, first[0], rest(), release=reading.batches.aclose)
+    async def _rest(
+        self, first: Sequence[Event], reading: Reading
+    ) -> AsyncGenerator[Sequence[Event], None]:
+        """The followed stream after ``first``; if it breaks off, a fresh answer beyond
+        what it gave."""
+        seen = Seen()
+        seen.note(first)
+        try:
+            if len(first) > 1:
+                yield first[1:]
+            async for batch in reading.batches:
+                seen.note(batch)
+                yield batch
+            return
+        except BackendError as error:
+            if not (isinstance(error, LostStream) or error.code == ABANDONED):
+                raise  # the answer's own end, the same for every client
+            log.warning("followed answer stream broke off (%s): answering afresh", error.message)
+        finally:
+            await reading.batches.aclose()
+        async with aclosing(beyond(await self.attempts.inner.open(self.ask), seen)) as batches:
+            async for batch in batches:
+                yield batch
 
     def on_event(self, event: Event) -> None:
         if self.recorder is not None:

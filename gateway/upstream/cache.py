@@ -46,8 +46,12 @@ class CacheSettings(BaseModel):
     """A Redis call slower than this counts as a failure (and reads as a miss)."""
     breaker_s: float = Field(5.0, gt=0)
     """After a Redis failure, skip Redis for this long."""
-    lock_ttl_s: float = Field(10.0, gt=0)
-    """A live stream's heartbeat outlives a crashed instance by at most this."""
+    heartbeat_s: float = Field(1.0, gt=0)
+    """An instance producing a stream says so this often; twice this after its last word
+    (a crash), followers elsewhere answer afresh and new askers take the question over."""
+    recover_s: float = Field(3.0, gt=0)
+    """Readers and producers of a live stream retry through a Redis outage this long; past
+    it a follower answers afresh (going on from what its clients have)."""
 
 
 class Cached:

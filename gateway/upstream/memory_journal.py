@@ -64,7 +64,7 @@ class MemoryJournal:
     async def claim(self, key: str, stream_id: str) -> str | None:
         return None  # in process, ``Flights`` already coalesce
 
-    async def take(self, key: str, stream_id: str) -> None:
+    async def take(self, key: str, stream_id: str, dead: str = "") -> str | None:
         return None
 
     async def follow(self, stream_id: str, timeout_s: float, finished: bool) -> Reading | None:

@@ -8,11 +8,10 @@ import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ResponseError
-
 from backends.base import BackendError, Event
 from gateway.upstream.flight import Flight
-from gateway.upstream.stores import is_key_problem
+from gateway.upstream.outage import Outage
+from gateway.upstream.redis_reader import seq_of
 from gateway.upstream.streams import ResumeSettings, encode, encode_end, encode_event
 
 if TYPE_CHECKING:
@@ -25,10 +24,13 @@ class Publisher:
     """Appends a flight's events to its stream in batches: whatever is ready goes in one
     round trip, as entry ``1-<seq>``.
 
-    Between events it refreshes the ``live`` heartbeat readers check; after each round trip
-    it knows how many readers elsewhere follow, and lets ``flight`` give up when none do.
-    Past ``max_events``/``max_bytes`` it deletes the stream (and the question's pointer):
-    the answer goes on for this instance's clients only.
+    Between events it refreshes the ``live`` heartbeat readers check (every
+    ``heartbeat_s``); after each round trip it knows how many readers elsewhere follow, and
+    lets ``flight`` give up when none do. Once a round trip has worked (someone may follow),
+    a failed write is retried for ``recover_s``, after asking Redis what it still holds:
+    all that is missing goes again (everything, after a restart that lost it), so readers get
+    every entry in order. Past ``max_events``/``max_bytes`` it deletes the stream (and the
+    question's pointer): the answer goes on for this instance's clients only.
     """
 
     def __init__(
@@ -41,15 +43,21 @@ class Publisher:
         self.capped = False
         self.remote_followers = 0
         """As of the last round trip."""
-        self._seq = 0
         self.size = 0
+        self._entries: list[bytes] = []
+        """The stream by sequence number (0: the origin), kept to write again what Redis lost."""
+        self._published = 0
+        """How many of ``_entries`` Redis holds, as far as this publisher knows."""
+        self._resync = False
+        """A write failed: ask Redis how many it holds before the next."""
+        self._cached_end: int | None = None
+        """The sequence number of a cached answer's end."""
         self._sends = 0
         self._recount_after: int | None = None
-        self._pending: list[tuple[int, bytes]] = []
-        self._end: tuple[bytes, float | None] | None = None
         self._ready = asyncio.Event()
         self._closing = False
         self._failed = False
+        self._outage = Outage(journal.recover_s)
         self._flight = flight
         self._task = asyncio.create_task(self._run())
 
@@ -70,83 +78,98 @@ class Publisher:
 
     def push(self, event: Event) -> None:
         """Publish ``event`` with the next round trip."""
-        self._origin_first()
-        self._seq += 1
-        self._add(self._seq, encode_event(event))
+        self._add(encode_event(event))
 
     async def finish(self, end: Event | BackendError, cache_ttl_s: float | None) -> None:
         """Publish the end (followers elsewhere get the same error, even one before the first
-        event), wait for the last batch, then leave the stream for ``keep_s`` (or, with
-        ``cache_ttl_s``, as the question's cached answer)."""
-        self._origin_first()
-        self._seq += 1
-        self._end = (encode_end(end), cache_ttl_s)
-        self._add(self._seq, self._end[0])
+        event), wait for the last batch (through an outage, up to ``recover_s``), then leave
+        the stream for ``keep_s`` (or, with ``cache_ttl_s``, as the question's cached answer)."""
+        self._add(encode_end(end))
+        if cache_ttl_s is not None and self._entries:
+            self._cached_end = len(self._entries) - 1
         self._closing = True
         self._ready.set()
         await self._task
-        await self.journal.call(partial(self._close, cache_ttl_s), None, self.keys.events)
+        if self._failed:
+            cache_ttl_s = None  # what Redis holds is not the whole answer: not one to keep
+        close = partial(self._close, cache_ttl_s)
+        await self.journal.call(close, None, self.keys.events, gated=not self._sends)
 
-    def _origin_first(self) -> None:
-        if not self._seq:  # entry 0: whose stream it is, and who answered
-            self._pending.append((0, encode("meta", self._flight.owner().body())))
-
-    def _add(self, seq: int, entry: bytes) -> None:
+    def _add(self, entry: bytes) -> None:
         if self.capped:
             return
+        if not self._entries:  # entry 0: whose stream it is, and who answered
+            self._entries.append(encode("meta", self._flight.owner().body()))
         self.size += len(entry)
-        if self._seq > self.settings.max_events or self.size > self.settings.max_bytes:
+        if len(self._entries) > self.settings.max_events or self.size > self.settings.max_bytes:
             self.capped = True
-            self._pending.clear()
+            self._entries.clear()
             log.warning(
                 "answer stream %s too long: not resumable or cached", self._flight.stream_id
             )
         else:
-            self._pending.append((seq, entry))
+            self._entries.append(entry)
         self._ready.set()
 
     async def _run(self) -> None:
-        journal = self.journal
         while True:
             # Wake for events, or to refresh the heartbeat readers check.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(journal.lock_ttl_ms / 3000):
+                async with asyncio.timeout(self.journal.heartbeat_s):
                     await self._ready.wait()
             self._ready.clear()
             if self.capped:
                 return
-            batch, self._pending = self._pending, []
-            if not await journal.call(partial(self._send, batch), False, self.keys.events):
-                self._failed = True  # readers elsewhere time out and answer on their own
+            if not await self._publish():
+                self._failed = True  # readers elsewhere notice, and answer on their own
                 if not self._closing:
                     self._flight.abandon_if_unfollowed()
                 return
             self._sends += 1
             if self._closing:
-                if not self._pending:
+                if self._published == len(self._entries):
                     return
             else:
                 if self.remote_followers:
                     self._flight.followed()
                 self._flight.abandon_if_unfollowed()
 
-    async def _send(self, batch: list[tuple[int, bytes]]) -> bool:
+    async def _publish(self) -> bool:
+        """One round trip; after one has worked (someone may follow), retried through an
+        outage of up to ``recover_s``. False: Redis is failing (and nobody can be following
+        yet), or still is after that."""
+        while True:
+            gated = not self._sends
+            sent = await self.journal.call(self._send, False, self.keys.events, gated=gated)
+            if sent:
+                self._outage.succeeded()
+                return True
+            self._resync = True
+            wait = self._outage.failed()
+            if gated or wait is None:
+                return False
+            await asyncio.sleep(wait)
+
+    async def _send(self) -> bool:
         keys, journal = self.keys, self.journal
+        if self._resync:  # what Redis holds after a failure: maybe all, maybe nothing
+            tail = await journal.redis.xrevrange(keys.events, "+", "-", count=1)
+            self._published = seq_of(tail[0][0]) + 1 if tail else 0
+            self._resync = False
+        start = self._published
+        batch = self._entries[start:]
         async with journal.redis.pipeline(transaction=False) as pipe:
-            for seq, entry in batch:
-                fields = {"e": entry}
-                if self._end is not None and entry is self._end[0] and self._end[1] is not None:
-                    fields["c"] = b"1"  # the end of a cached answer
+            for seq, entry in enumerate(batch, start):
+                fields = {"e": entry} | ({"c": b"1"} if seq == self._cached_end else {})
                 pipe.xadd(keys.events, fields, id=f"1-{seq}")
             pipe.pexpire(keys.events, journal.keep_ms)
-            pipe.set(keys.live, b"1", px=journal.lock_ttl_ms)
+            pipe.set(keys.live, b"1", px=journal.live_ms)
             pipe.get(keys.followers)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         for reply in replies:
-            if isinstance(reply, ResponseError) and is_key_problem(reply):
-                raise reply  # the stream (or its count) holds garbage: ``call`` deletes it
             if isinstance(reply, Exception):
-                raise reply
+                raise reply  # garbage in the stream or its count (``call`` deletes it), or Redis
+        self._published = start + len(batch)
         self.remote_followers = journal.followers(keys, replies[-1])
         return True
 

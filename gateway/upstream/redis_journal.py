@@ -4,14 +4,17 @@ replays any answer.
 Key layout (``P`` the ``[cache] prefix``; every key of one stream shares the hash tag
 ``{ID}``, so one stream lives in one Redis Cluster slot; the pointer is a key of its own):
 
-- ``P v1:<sha256>`` the question's pointer: the id of its live or cached stream (string).
+- ``P v1:<sha256>`` the question's pointer: the id of its live or cached stream (string);
+  taken over (``TAKE_OVER``) from a stream an asker could not follow.
 - ``P s:{ID}:events`` the stream (Redis stream, entry ids ``1-<seq>``: ``1-0`` the origin,
   ``1-n`` the n-th event, field ``e`` = JSON ``[type, body]``; ``c`` on a cached answer's end).
-- ``P s:{ID}:live`` set while an instance answers (heartbeat, expires after ``lock_ttl_s``).
+- ``P s:{ID}:live`` set while an instance answers (heartbeat: refreshed every
+  ``heartbeat_s``, expires after twice that, so a dead producer is noticed within about 2 s).
 - ``P s:{ID}:followers`` readers on other instances (they keep the upstream call going).
 
 A value of the wrong type or undecodable under any key is that key's problem: it is deleted
 and counted (``on_bad_value``), never an outage (the breaker only opens for Redis itself).
+Every command touches one slot: the pointer on its own, or keys of one stream.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ from gateway.upstream.streams import (
 
 log = logging.getLogger("gateway.streams")
 T = TypeVar("T")
+TAKE_OVER = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then return current end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return false
+"""
+"""Point the question (KEYS[1]) at ARGV[2] if it names ARGV[1] or nothing; else its stream."""
 Redis = Any
 """A ``redis.asyncio.Redis`` or ``RedisCluster`` client (the commands used exist in both)."""
 
@@ -76,7 +86,8 @@ class RedisJournal:
         prefix: str,
         settings: ResumeSettings,
         *,
-        lock_ttl_s: float = 10.0,
+        heartbeat_s: float = 1.0,
+        recover_s: float = 3.0,
         block_ms: int = 500,
         on_bad_value: Callable[[], object] = lambda: None,
     ) -> None:
@@ -86,7 +97,12 @@ class RedisJournal:
         self.breaker = breaker
         self.prefix = prefix
         self.settings = settings
-        self.lock_ttl_ms = int(lock_ttl_s * 1000)
+        self.heartbeat_s = heartbeat_s
+        self.live_s = 2 * heartbeat_s
+        """How long a ``live`` key outlives its last heartbeat."""
+        self.live_ms = int(self.live_s * 1000)
+        self.recover_s = recover_s
+        """How long a live stream's readers and producer retry through a Redis outage."""
         self.keep_ms = int(settings.keep_s * 1000)
         self.block_ms = block_ms
         self.on_bad_value = on_bad_value
@@ -94,10 +110,13 @@ class RedisJournal:
     def keys(self, stream_id: str) -> StreamKeys:
         return StreamKeys.of(self.prefix, stream_id)
 
-    async def call(self, operation: Callable[[], Awaitable[T]], default: T, *keys: str) -> T:
-        """``operation()`` behind the breaker; a bad value under ``keys`` deletes them."""
+    async def call(
+        self, operation: Callable[[], Awaitable[T]], default: T, *keys: str, gated: bool = True
+    ) -> T:
+        """``operation()`` behind the breaker (not ``gated``: tried even while it is open);
+        a bad value under ``keys`` deletes them."""
         try:
-            return await self.breaker.call(operation, default)
+            return await self.breaker.call(operation, default, gated)
         except BadValue as error:
             await self.bad(error, error.key)
         except ResponseError as error:  # of the wrong type (``is_key_problem``)
@@ -147,7 +166,7 @@ class RedisJournal:
 
         async def claim() -> str | None:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.set(keys.live, b"1", px=self.lock_ttl_ms)
+                pipe.set(keys.live, b"1", px=self.live_ms)
                 pipe.set(key, stream_id, nx=True, get=True, px=self.keep_ms)
                 _, previous = await pipe.execute()
             if previous is None:
@@ -165,16 +184,21 @@ class RedisJournal:
         await self.take(key, stream_id)
         return None
 
-    async def take(self, key: str, stream_id: str) -> None:
+    async def take(self, key: str, stream_id: str, dead: str = "") -> str | None:
         keys = self.keys(stream_id)
 
-        async def take() -> None:
+        async def take() -> str | None:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.set(keys.live, b"1", px=self.lock_ttl_ms)
-                pipe.set(key, stream_id, px=self.keep_ms)
-                await pipe.execute()
+                pipe.set(keys.live, b"1", px=self.live_ms)
+                pipe.eval(TAKE_OVER, 1, key, dead, stream_id, self.keep_ms)
+                _, current = await pipe.execute()
+            if current is None:
+                return None
+            if not is_stream_id(current.decode(errors="replace")):
+                raise BadValue(key)
+            return str(current.decode())
 
-        await self.call(take, None, key)
+        return await self.call(take, None, key)  # Redis unavailable: answer here
 
     async def follow(self, stream_id: str, timeout_s: float, finished: bool) -> Reading | None:
         return await self.reader.follow(stream_id, timeout_s, finished)

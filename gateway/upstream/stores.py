@@ -97,9 +97,12 @@ class Breaker:
             self.failing = False
             log.warning("redis answers again; %s resumed", self.activity)
 
-    async def call(self, operation: Callable[[], Awaitable[Any]], default: T) -> Any | T:
-        """``operation()``, or ``default`` when the breaker is open or Redis fails."""
-        if not self.allows():
+    async def call(
+        self, operation: Callable[[], Awaitable[Any]], default: T, gated: bool = True
+    ) -> Any | T:
+        """``operation()``, or ``default`` when the breaker is open or Redis fails; not
+        ``gated``: tried even while open (by a caller that rides out outages itself)."""
+        if gated and not self.allows():
             return default
         try:
             result = await operation()

@@ -118,6 +118,11 @@ def is_end(kind: str) -> bool:
     return kind in ("done", "error")
 
 
+class LostStream(TransientError):
+    """A live stream that broke off before its end: its producer died, Redis stayed down,
+    or what it held was corrupt. A follower answers afresh; a resumer gets this error."""
+
+
 @dataclass(slots=True)
 class Reading:
     """A stream found by id: its origin, and its events after the position asked for, in
@@ -164,13 +169,16 @@ class Journal(Protocol):
         instance answers), else the current stream's id (follow it)."""
         ...
 
-    async def take(self, key: str, stream_id: str) -> None:
-        """Point ``key`` at ``stream_id`` whatever it pointed at (that one is dead or stale)."""
+    async def take(self, key: str, stream_id: str, dead: str = "") -> str | None:
+        """Point ``key`` at ``stream_id`` if it still points at ``dead`` (a stream that could
+        not be followed) or at nothing, atomically: None when done (this instance answers),
+        else the id it points at now (another instance took it over: follow that)."""
         ...
 
     async def follow(self, stream_id: str, timeout_s: float, finished: bool) -> Reading | None:
         """The stream from its start, once its first event is in (within ``timeout_s``);
-        None if it is gone, abandoned, or (``finished`` false) already finished."""
+        None if it is gone, abandoned, its producer died, or (``finished`` false) it is
+        already finished. Its batches raise ``LostStream`` if it breaks off."""
         ...
 
     async def read(self, stream_id: str, after: int) -> Reading | None:
