@@ -2,24 +2,20 @@
 the mapping of ``GenerateContentResponse`` to events).
 
 ``transport = "rest"`` streams over Vertex REST (``backends.gemini_rest``), ``"grpc"`` with
-the SDK's ``PredictionServiceAsyncClient`` (``backends.gemini_grpc``).
+the SDK's ``PredictionServiceAsyncClient`` (``backends.gemini_grpc``). This module loads no
+SDK: Google's descriptors come from ``backends.gemini_protos``, and a transport is imported
+when a backend is built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from google.cloud.aiplatform_v1 import (
-    Content,
-    GenerateContentRequest,
-    GenerationConfig,
-    HarmCategory,
-    Part,
-    SafetySetting,
-)
+from google.protobuf import json_format
 from pydantic import Field, field_validator
 
+from backends import gemini_protos
 from backends.base import (
     Backend,
     Citation,
@@ -45,8 +41,8 @@ PARAMETERS = GENERATION | {"system"}
 """Gemini honours every request parameter."""
 
 
-_THRESHOLDS = frozenset(SafetySetting.HarmBlockThreshold.__members__)
-_CATEGORIES = frozenset(HarmCategory.__members__)
+_THRESHOLDS = gemini_protos.enum_names("SafetySetting.HarmBlockThreshold")
+_CATEGORIES = gemini_protos.enum_names("HarmCategory")
 
 
 class GeminiConfig(ConnectionConfig):
@@ -197,16 +193,21 @@ def generation_fields(settings: Generation | None) -> dict[str, Any]:
     return given
 
 
-def request_template(config: GeminiConfig) -> GenerateContentRequest:
-    """Everything but the question, built once from config."""
-    template = GenerateContentRequest(
-        model=config.model_path(),
-        generation_config=GenerationConfig(**generation_fields(config.generation)),
-        safety_settings=[
-            SafetySetting(category=category, threshold=threshold)
+M = TypeVar("M")
+
+
+def request_template(config: GeminiConfig, message: M) -> M:
+    """Everything but the conversation, built once from config into ``message``: an empty raw
+    ``GenerateContentRequest``, of the SDK's classes (gRPC) or of ``gemini_protos`` (REST)."""
+    fields: dict[str, Any] = {
+        "model": config.model_path(),
+        "generation_config": generation_fields(config.generation),
+        "safety_settings": [
+            {"category": category, "threshold": threshold}
             for category, threshold in config.safety.items()
         ],
-    )
+    }
     if config.system_instruction:
-        template.system_instruction = Content(parts=[Part(text=config.system_instruction)])
-    return template
+        fields["system_instruction"] = {"parts": [{"text": config.system_instruction}]}
+    json_format.ParseDict(fields, message)
+    return message

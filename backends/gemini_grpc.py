@@ -15,7 +15,6 @@ from google.cloud.aiplatform_v1.services.prediction_service.transports.grpc_asyn
 )
 
 from backends.base import Event, QARequest
-from backends.connection import SdkClient
 from backends.gemini import (
     PARAMETERS,
     GeminiConfig,
@@ -23,6 +22,7 @@ from backends.gemini import (
     generation_fields,
     request_template,
 )
+from backends.sdk import SdkClient
 
 
 class GeminiGrpcBackend:
@@ -38,7 +38,7 @@ class GeminiGrpcBackend:
         self._client = SdkClient(
             PredictionServiceAsyncClient, PredictionServiceGrpcAsyncIOTransport, config
         )
-        self._template = GenerateContentRequest.pb(request_template(config))
+        self._template = request_template(config, GenerateContentRequest.pb()())
 
     def cache_identity(self) -> dict[str, object]:
         return self.config.cache_identity()

@@ -1,7 +1,8 @@
 """Gemini on Vertex AI over REST: ``:streamGenerateContent?alt=sse`` on aiohttp.
 
-The body is the proto3 JSON form of the SDK's ``GenerateContentRequest``, built once per
-backend with everything but the conversation; each ``data:`` frame is a
+The body is the proto3 JSON form of Google's ``GenerateContentRequest`` (its descriptor from
+``backends.gemini_protos``: this transport loads no SDK), built once per backend with
+everything but the conversation; each ``data:`` frame is a
 ``GenerateContentResponse`` in that form, read with orjson into the same events as the gRPC
 transport. A ``data:`` frame holding ``{"error": ...}`` ends the answer with that error.
 """
@@ -13,10 +14,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-from google.cloud.aiplatform_v1 import GenerateContentRequest, GenerationConfig
 from google.protobuf import json_format
 from yarl import URL
 
+from backends import gemini_protos
 from backends.base import (
     Citation,
     Delta,
@@ -37,7 +38,10 @@ from backends.gemini import (
 from backends.rest import BearerTokens, google_error, http_error
 from backends.text import char_index
 
-_JSON_NAMES = {f.name: f.json_name for f in GenerationConfig.pb().DESCRIPTOR.fields}
+_JSON_NAMES = {
+    field.name: field.json_name
+    for field in gemini_protos.message_class("GenerationConfig").DESCRIPTOR.fields
+}
 POOL_SIZE = 10_000
 """Connections one backend keeps open at most (each streams one answer at a time)."""
 
@@ -57,7 +61,8 @@ class GeminiRestBackend:
         scheme = "http" if config.insecure else "https"
         path = f"/v1/{config.model_path()}:streamGenerateContent"
         self._url = URL(f"{scheme}://{config.address()}{path}?alt=sse")  # parsed once
-        template = json_format.MessageToDict(GenerateContentRequest.pb(request_template(config)))
+        message = gemini_protos.message_class("GenerateContentRequest")()
+        template = json_format.MessageToDict(request_template(config, message))
         del template["model"]  # it is in the URL
         self._template: dict[str, Any] = template
         self._tokens = None

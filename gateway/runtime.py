@@ -13,7 +13,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from backends.base import Backend
-from backends.emulator import Behaviour, Emulator
 from gateway.settings import Settings
 from gateway.upstream.answers import AnswerStreams
 from gateway.upstream.base import Direct, Upstream
@@ -77,6 +76,9 @@ async def running(
     async with AsyncExitStack() as stack:
         emulator = None
         if settings.emulator.enabled:
+            # Imported only then: the emulator loads the SDKs and gRPC.
+            from backends.emulator import Behaviour, Emulator
+
             knobs = settings.emulator
             behaviour = Behaviour(
                 chunks=knobs.chunks,

@@ -8,7 +8,8 @@ import pytest
 from google.cloud.discoveryengine_v1 import Answer, AnswerQueryResponse, Session
 from pydantic import ValidationError
 
-from backends.agent_builder import AgentBuilderConfig, AnswerReader, reference_source
+from backends.agent_builder import AgentBuilderConfig
+from backends.agent_builder_grpc import AnswerReader, reference_source
 from backends.base import Citation, Delta, Done, Source, TransientError
 from backends.text import char_index, unseen_text
 

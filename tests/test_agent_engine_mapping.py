@@ -7,7 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from backends.agent_engine import AdkReader, AgentEngineConfig
+from backends.agent_engine import AgentEngineConfig
+from backends.agent_engine_grpc import AdkReader
 from backends.base import (
     Citation,
     Delta,

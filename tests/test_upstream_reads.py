@@ -1,5 +1,5 @@
 """A reader that leaves mid-answer lets the gRPC read in flight land before the call is
-cancelled (``backends.connection.Responses``): grpc.aio leaks the native batch of a read
+cancelled (``backends.sdk.Responses``): grpc.aio leaks the native batch of a read
 cancelled in flight, about half a kilobyte per client that left (see ``bench.soak``)."""
 
 from __future__ import annotations

@@ -186,7 +186,7 @@ OPENAPI_PATH = {
 OPENAPI_SCHEMAS = openapi.schemas(ChatBody)
 
 
-@router.get("/models")
+@router.get("/models", response_model=None)
 async def models(request: Request) -> dict[str, Any]:
     """The backends this client may use, as models; `id` is what `model` takes."""
     runtime: Runtime = request.app.state.runtime

@@ -35,7 +35,7 @@ async def favicon() -> Response:
     return Response(_static("favicon.svg"), media_type="image/svg+xml")
 
 
-@router.get("/backends")
+@router.get("/backends", response_model=None)
 async def backends(request: Request) -> dict[str, Any]:
     """The backends `/qa` can use (`backend` in its body), and the one used by default."""
     runtime: Runtime = request.app.state.runtime
@@ -48,7 +48,7 @@ async def scrape(request: Request) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/healthz", include_in_schema=False)
+@router.get("/healthz", include_in_schema=False, response_model=None)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import jwt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.upstream.base import Principal
@@ -69,6 +68,8 @@ class TokenVerifier:
     """Verifies tokens against ``settings``; one per app (it holds the cached key set)."""
 
     def __init__(self, settings: JWTSettings) -> None:
+        import jwt  # here: PyJWT and cryptography cost start-up time where no JWT is taken
+
         self.settings = settings
         self._keys = jwt.PyJWKClient(
             settings.jwks_url,
@@ -79,6 +80,8 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Principal:
         """The principal (``sub``, tenant) of a valid token; ``InvalidToken`` otherwise."""
+        import jwt
+
         knobs = self.settings
         try:
             header = jwt.get_unverified_header(token)
