@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
 from backends.emulator import Emulator
+from tests.cluster_support import LocalCluster
+from tests.redis_support import SHARED_URL, RedisTarget, delete_prefix
 from tests.support import gateway, settings_for
 
 
@@ -46,3 +48,32 @@ async def gemini_url(emulator: Emulator, transport: str) -> AsyncIterator[str]:
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=10) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[LocalCluster]:
+    """A three-master Redis Cluster for the session, started by the first test that needs
+    it; at the end (after every test on it) ``redis-cli --cluster check`` must be clean."""
+    cluster = LocalCluster().start()
+    try:
+        yield cluster
+        print(cluster.check())
+    finally:
+        cluster.stop()
+
+
+def redis_named(request: pytest.FixtureRequest, name: str) -> RedisTarget:
+    """``standalone``: the shared Redis server; ``cluster``: the session's Redis Cluster."""
+    if name == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("local_cluster")
+        return RedisTarget(cluster.url, cluster=True)
+    return RedisTarget(SHARED_URL)
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def redis_target(request: pytest.FixtureRequest) -> Iterator[RedisTarget]:
+    """The shared Redis, then the session's Redis Cluster, under a prefix of the test's own
+    (deleted after it), for the tests of shared answers that run on both."""
+    target = redis_named(request, request.param)
+    yield target
+    delete_prefix(target.url, target.prefix)

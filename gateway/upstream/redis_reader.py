@@ -7,11 +7,11 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from backends.base import Event, TransientError
 from gateway.upstream.flight import ABANDONED
-from gateway.upstream.stores import is_key_problem
+from gateway.upstream.stores import REDIS_ERRORS, is_key_problem
 from gateway.upstream.streams import Origin, Reading, decode, encode, event_of, is_end, is_stream_id
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class StreamReader:
                     raise _LostError("Redis is unavailable") from None
                 await self.journal.bad(error, keys.events)
                 raise _LostError("its stream was corrupt") from None
-            except (RedisError, OSError, TimeoutError) as error:
+            except REDIS_ERRORS as error:
                 self.journal.breaker.failed(error)
                 raise _LostError("Redis is unavailable") from None
             if entries:
