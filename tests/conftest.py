@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from backends.emulator import Emulator
-from tests.cluster_support import LocalCluster
-from tests.redis_support import SHARED_URL, RedisTarget, delete_prefix
+from tests.cluster_support import MASTERS, LocalCluster
+from tests.redis_support import RedisTarget, delete_prefix, redis_named
 from tests.support import gateway, settings_for
 
 
@@ -51,23 +51,21 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(scope="session")
-def local_cluster() -> Iterator[LocalCluster]:
+def local_cluster(pytestconfig: pytest.Config) -> Iterator[LocalCluster]:
     """A three-master Redis Cluster for the session, started by the first test that needs
-    it; at the end (after every test on it) ``redis-cli --cluster check`` must be clean."""
+    it; at the end (after every test on it) ``redis-cli --cluster check`` must be clean, with
+    no key left behind."""
     cluster = LocalCluster().start()
     try:
         yield cluster
-        print(cluster.check())
+        report = cluster.check()
+        assert f"[OK] 0 keys in {MASTERS} masters." in report, report
+        capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():
+            clean = [line for line in report.splitlines() if line.startswith("[OK]")]
+            print("\nredis-cli --cluster check:", *clean, sep="\n  ")
     finally:
         cluster.stop()
-
-
-def redis_named(request: pytest.FixtureRequest, name: str) -> RedisTarget:
-    """``standalone``: the shared Redis server; ``cluster``: the session's Redis Cluster."""
-    if name == "cluster":
-        cluster: LocalCluster = request.getfixturevalue("local_cluster")
-        return RedisTarget(cluster.url, cluster=True)
-    return RedisTarget(SHARED_URL)
 
 
 @pytest.fixture(params=["standalone", "cluster"])

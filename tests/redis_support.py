@@ -13,7 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import redis
+
+from tests.cluster_support import LocalCluster
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 
@@ -52,6 +55,15 @@ class RedisTarget:
     def stored(self) -> dict[bytes, int]:
         """Every key under the prefix, with its time to live (``keys_under``)."""
         return keys_under(self.url, self.prefix)
+
+
+def redis_named(request: pytest.FixtureRequest, name: str) -> RedisTarget:
+    """``standalone``: the shared Redis server; ``cluster``: the session's Redis Cluster
+    (the ``local_cluster`` fixture, started by the first test that needs it)."""
+    if name == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("local_cluster")
+        return RedisTarget(cluster.url, cluster=True)
+    return RedisTarget(SHARED_URL)
 
 
 def _masters(url: str) -> list[redis.Redis]:
