@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -25,8 +26,10 @@ from gateway.upstream.memory_journal import MemoryJournal
 from gateway.upstream.redis_journal import RedisJournal
 from gateway.upstream.redis_limits import RedisLimiter
 from gateway.upstream.retry import Retrying
-from gateway.upstream.stores import Breaker, MemoryStore
+from gateway.upstream.stores import REDIS_ERRORS, Breaker, MemoryStore
 from gateway.upstream.streams import Journal
+
+log = logging.getLogger("gateway.cache")
 
 BLOCK_MS = 500
 """How long one blocking read of an answer stream waits in Redis."""
@@ -98,6 +101,8 @@ async def running(
             stack.push_async_callback(backend.aclose)
         journal = _journal(settings, on_redis_error, on_bad_value)
         stack.push_async_callback(journal.aclose)
+        if isinstance(journal, RedisJournal) and settings.redis_cluster:
+            await _discover(journal.redis, journal.blocking)
         limiter: Limiter = MemoryLimiter()
         if isinstance(journal, RedisJournal):
             limiter = _shared_limiter(settings, journal.redis, on_redis_error, on_limits_unchecked)
@@ -118,14 +123,25 @@ def _journal(
         return MemoryJournal(store, knobs.prefix)
     breaker = Breaker(knobs.breaker_s, on_failure=on_redis_error)
 
-    def connect(read_timeout_s: float) -> Redis:
-        return Redis.from_url(
-            settings.redis_url or "",
-            socket_connect_timeout=knobs.connect_timeout_s,
+    def connect(read_timeout_s: float) -> Redis | RedisCluster:
+        url, connect_s = settings.redis_url or "", knobs.connect_timeout_s
+        # One immediate retry replaces a pooled connection Redis closed (a restart); timeouts
+        # are not retried: the breaker handles a slow Redis.
+        retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        if not settings.redis_cluster:
+            return Redis.from_url(
+                url, socket_connect_timeout=connect_s, socket_timeout=read_timeout_s, retry=retry
+            )
+        # A cluster client retries once too, after reloading the slot map (a failover), on
+        # its own list of errors (timeouts included). A MOVED reply only moves that slot:
+        # reloading the map every few (``reinitialize_steps``) drops every connection,
+        # those in use too, which fails the commands on them.
+        return RedisCluster.from_url(
+            url,
+            socket_connect_timeout=connect_s,
             socket_timeout=read_timeout_s,
-            # One immediate retry replaces a pooled connection Redis closed (a restart);
-            # timeouts are not retried: the breaker handles a slow Redis.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            retry=retry,
+            reinitialize_steps=0,
         )
 
     return RedisJournal(
@@ -141,9 +157,20 @@ def _journal(
     )
 
 
+async def _discover(*clusters: RedisCluster) -> None:
+    """Learn the cluster's slot map before the first request. redis-py's cluster client
+    sends a command it is given before it knows the map to a random node: the first
+    requests, all at once, would be answered MOVED."""
+    for cluster in clusters:
+        try:
+            await cluster.initialize()
+        except REDIS_ERRORS as error:
+            log.warning("redis cluster unreachable at start (%s): mapped on first use", error)
+
+
 def _shared_limiter(
     settings: Settings,
-    redis: Redis,
+    redis: Redis | RedisCluster,
     on_redis_error: Callable[[], object],
     on_unchecked: Callable[[], object],
 ) -> RedisLimiter:

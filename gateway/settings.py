@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     redis_url: str | None = None
     """``redis://host:port/db`` to cache in (and coalesce through) Redis; in memory if unset."""
+    redis_cluster: bool = False
+    """``redis_url`` names a node of a Redis Cluster (Memorystore for Redis Cluster, Valkey)."""
     cache: CacheSettings = CacheSettings()
     limits: LimitSettings = LimitSettings()
     """Per-principal limits, counted in Redis (with ``redis_url``) or in process."""
@@ -156,6 +158,8 @@ class Settings(BaseSettings):
                 f"default_backend {self.default_backend!r} is not one of the configured "
                 f"backends: {', '.join(sorted(self.backends))}"
             )
+        if self.redis_cluster and self.redis_url is None:
+            raise ValueError("redis_cluster is true but redis_url is unset: name a cluster node")
         for name, entry in self.backends.items():
             if entry.emulator and not self.emulator.enabled:
                 raise ValueError(

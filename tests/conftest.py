@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
 from backends.emulator import Emulator
+from tests.cluster_support import MASTERS, LocalCluster
+from tests.redis_support import RedisTarget, delete_prefix, redis_named
 from tests.support import gateway, settings_for
 
 
@@ -46,3 +48,30 @@ async def gemini_url(emulator: Emulator, transport: str) -> AsyncIterator[str]:
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=10) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def local_cluster(pytestconfig: pytest.Config) -> Iterator[LocalCluster]:
+    """A three-master Redis Cluster for the session, started by the first test that needs
+    it; at the end (after every test on it) ``redis-cli --cluster check`` must be clean, with
+    no key left behind."""
+    cluster = LocalCluster().start()
+    try:
+        yield cluster
+        report = cluster.check()
+        assert f"[OK] 0 keys in {MASTERS} masters." in report, report
+        capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():
+            clean = [line for line in report.splitlines() if line.startswith("[OK]")]
+            print("\nredis-cli --cluster check:", *clean, sep="\n  ")
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def redis_target(request: pytest.FixtureRequest) -> Iterator[RedisTarget]:
+    """The shared Redis, then the session's Redis Cluster, under a prefix of the test's own
+    (deleted after it), for the tests of shared answers that run on both."""
+    target = redis_named(request, request.param)
+    yield target
+    delete_prefix(target.url, target.prefix)

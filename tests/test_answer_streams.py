@@ -4,27 +4,18 @@ under a question's keys is that key's problem, never an outage of the instance."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import httpx
 import pytest
-import redis
 
 from backends.emulator import Behaviour, Emulator
 from backends.emulator.gemini import answer_chunks
 from gateway.upstream.streams import encode, new_stream_id
-from tests.redis_support import SHARED_URL, delete_prefix, keys_under, new_prefix
+from tests.redis_support import RedisTarget
 from tests.support import gateway, parse_sse, text_of, wait_for
 from tests.test_cache import answer_keys, cached, two_instances
 
 QUERY = {"query": "Which attempt do I follow?"}
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    prefix = new_prefix()
-    yield prefix
-    delete_prefix(SHARED_URL, prefix)
 
 
 async def metric(client: httpx.AsyncClient, url: str, name: str) -> float:
@@ -34,11 +25,11 @@ async def metric(client: httpx.AsyncClient, url: str, name: str) -> float:
 
 
 async def test_a_follower_never_sees_an_earlier_attempts_error(
-    emulator: Emulator, prefix: str
+    emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     """The first attempt at a question fails (400); the second streams on one instance while
     the other instance follows it: the follower gets the second attempt, not the old error."""
-    async with two_instances(emulator, prefix) as (first_url, second_url, client):
+    async with two_instances(emulator, redis_target) as (first_url, second_url, client):
         emulator.reset(Behaviour(fail_first=1, fail_code="INVALID_ARGUMENT"))
         failed = await client.post(f"{first_url}/qa", json=QUERY)
         assert failed.status_code == 400
@@ -55,20 +46,20 @@ async def test_a_follower_never_sees_an_earlier_attempts_error(
 
 @pytest.mark.parametrize("where", ["question", "stream"])
 async def test_a_wrong_typed_value_is_replaced_and_never_pauses_caching(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str, where: str
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget, where: str
 ) -> None:
     """A hash where the question's pointer should be, or a string where its stream should
     be (with no expiry): that question is answered, counted, and cached again; the breaker
     stays closed and other questions keep caching throughout."""
-    async with gateway(cached(emulator, prefix)) as url:
+    async with gateway(cached(emulator, redis_target)) as url:
         await client.post(f"{url}/qa", json=QUERY)
-        [key] = answer_keys(prefix)
-        with redis.Redis.from_url(SHARED_URL) as r:
+        [key] = answer_keys(redis_target)
+        with redis_target.client() as r:
             if where == "question":
                 r.delete(key)
                 r.hset(key, "planted", "1")
             else:
-                streams = [k for k in keys_under(SHARED_URL, prefix) if k != key]
+                streams = [k for k in redis_target.stored() if k != key]
                 for stream_key in streams:
                     r.delete(stream_key)
                     r.set(stream_key, b"planted")
@@ -81,17 +72,17 @@ async def test_a_wrong_typed_value_is_replaced_and_never_pauses_caching(
         assert results == ["MISS", "HIT", "HIT"]
         assert await metric(client, url, "qa_redis_errors_total") == 0
         assert await metric(client, url, "qa_redis_bad_values_total") >= 1
-    assert all(ttl > 0 for ttl in keys_under(SHARED_URL, prefix).values())
+    assert all(ttl > 0 for ttl in redis_target.stored().values())
 
 
 async def test_a_follower_elsewhere_gets_the_error_of_the_attempt_it_joined(
-    emulator: Emulator, prefix: str
+    emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     """The attempt it joined fails before its first event (quota, after a retry): the
     follower gets that error too, with no upstream call of its own; the next asker starts
     afresh."""
     slow_retry = {"attempts": 2, "initial_s": 0.6, "max_s": 0.6}
-    settings = cached(emulator, prefix, entry={"retry": slow_retry})
+    settings = cached(emulator, redis_target, entry={"retry": slow_retry})
     async with (
         gateway(settings) as first_url,
         gateway(settings) as second_url,
@@ -109,17 +100,17 @@ async def test_a_follower_elsewhere_gets_the_error_of_the_attempt_it_joined(
 
 
 async def test_what_redis_holds_for_a_cached_answer(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     """The question's pointer and its stream under the stream's hash tag, both expiring;
     entry ``1-n`` is the n-th event, ``1-0`` the origin; no heartbeat once finished."""
-    async with gateway(cached(emulator, prefix)) as url:
+    async with gateway(cached(emulator, redis_target)) as url:
         answer = await client.post(f"{url}/qa", json=QUERY)
     stream_id = answer.headers["x-stream-id"]
-    [key] = answer_keys(prefix)
-    events_key = f"{prefix}s:{{{stream_id}}}:events".encode()
-    assert set(keys_under(SHARED_URL, prefix)) == {key, events_key}
-    with redis.Redis.from_url(SHARED_URL) as r:
+    [key] = answer_keys(redis_target)
+    events_key = f"{redis_target.prefix}s:{{{stream_id}}}:events".encode()
+    assert set(redis_target.stored()) == {key, events_key}
+    with redis_target.client() as r:
         assert r.get(key) == stream_id.encode()
         entries = r.xrange(events_key)
         assert 0 < r.pttl(events_key) <= 3600 * 1000
@@ -129,19 +120,19 @@ async def test_what_redis_holds_for_a_cached_answer(
 
 
 async def test_a_stream_whose_producer_died_is_taken_over_once(
-    emulator: Emulator, prefix: str
+    emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     """The question points at what a crashed instance left (its stream's origin and a first
     delta; no heartbeat, no end): two instances asked at once take it over atomically, so one
     upstream call answers both, afresh, never with the dead answer's text; a resume of the
     dead stream is 404."""
-    async with two_instances(emulator, prefix) as (first_url, second_url, client):
+    async with two_instances(emulator, redis_target) as (first_url, second_url, client):
         await client.post(f"{first_url}/qa", json=QUERY)
-        [key] = answer_keys(prefix)
+        [key] = answer_keys(redis_target)
         dead = new_stream_id()
-        events_key = f"{prefix}s:{{{dead}}}:events"
+        events_key = f"{redis_target.prefix}s:{{{dead}}}:events"
         origin = {"backend": "gemini", "owner": "anonymous", "tenant": "default", "shared": True}
-        with redis.Redis.from_url(SHARED_URL) as r:
+        with redis_target.client() as r:
             r.xadd(events_key, {"e": encode("meta", origin)}, id="1-0")
             r.xadd(events_key, {"e": encode("delta", {"text": "The dead answer "})}, id="1-1")
             r.expire(events_key, 60)
@@ -151,7 +142,7 @@ async def test_a_stream_whose_producer_died_is_taken_over_once(
             *(client.post(f"{url}/qa", json=QUERY) for url in (first_url, second_url))
         )
         resumed = await client.get(f"{second_url}/qa/streams/{dead}")
-        with redis.Redis.from_url(SHARED_URL) as r:
+        with redis_target.client() as r:
             pointer = r.get(key)
     for reply in replies:
         frames = parse_sse(reply.content)

@@ -3,34 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import redis
 
 from backends.base import Turn
 from backends.emulator import Behaviour, Emulator
 from backends.gemini import GeminiConfig
 from gateway.settings import Settings
 from gateway.upstream.entries import cache_key, identity_of
-from tests.redis_support import SHARED_URL, RedisServer, delete_prefix, keys_under, new_prefix
+from tests.redis_support import RedisServer, RedisTarget
 from tests.support import FAST_RETRY, gateway, parse_sse, settings_for, text_of, wait_for
 
 QUERY = {"query": "What does the cache keep?"}
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    prefix = new_prefix()
-    yield prefix
-    delete_prefix(SHARED_URL, prefix)
-
-
-def cached(emulator: Emulator, prefix: str, url: str = SHARED_URL, **extra: Any) -> Settings:
+def cached(emulator: Emulator, redis_target: RedisTarget, **extra: Any) -> Settings:
     entry = {
         "type": "gemini",
         "endpoint": emulator.rest_address,
@@ -41,20 +33,20 @@ def cached(emulator: Emulator, prefix: str, url: str = SHARED_URL, **extra: Any)
     return settings_for(
         emulator,
         backends={"gemini": entry},
-        redis_url=url,
         # Generous timeouts: a busy CI machine must not turn these tests into outage tests.
-        cache={"prefix": prefix, "command_timeout_s": 1.0, "breaker_s": 0.3}
+        cache={"prefix": redis_target.prefix, "command_timeout_s": 1.0, "breaker_s": 0.3}
         | extra.pop("cache", {}),
+        **redis_target.settings(),
         **extra,
     )
 
 
 @asynccontextmanager
 async def two_instances(
-    emulator: Emulator, prefix: str
+    emulator: Emulator, redis_target: RedisTarget
 ) -> AsyncIterator[tuple[str, str, httpx.AsyncClient]]:
     """Two gateways sharing one Redis prefix (two instances), and a client."""
-    settings = cached(emulator, prefix)
+    settings = cached(emulator, redis_target)
     async with (
         gateway(settings) as first,
         gateway(settings) as second,
@@ -63,8 +55,10 @@ async def two_instances(
         yield first, second, client
 
 
-def answer_keys(prefix: str, url: str = SHARED_URL) -> dict[bytes, int]:
-    return {k: ttl for k, ttl in keys_under(url, prefix).items() if k.count(b":") == 2}
+def answer_keys(redis_target: RedisTarget) -> dict[bytes, int]:
+    """The questions' pointers under the test's prefix, with their time to live."""
+    found = redis_target.stored()
+    return {k: ttl for k, ttl in found.items() if k.count(b":") == 2}
 
 
 def comparable(frames: list[tuple[int, str, dict[str, Any]]]) -> list[Any]:
@@ -75,9 +69,9 @@ def comparable(frames: list[tuple[int, str, dict[str, Any]]]) -> list[Any]:
 
 
 async def test_miss_then_hit_replays_the_same_stream(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget
 ) -> None:
-    async with gateway(cached(emulator, prefix)) as url:
+    async with gateway(cached(emulator, redis_target)) as url:
         first = await client.post(f"{url}/qa", json=QUERY)
         second = await client.post(f"{url}/qa", json={"query": "  What does the\tcache keep? "})
 
@@ -87,14 +81,14 @@ async def test_miss_then_hit_replays_the_same_stream(
     assert two[0][2]["cached"] is True
     assert comparable(one) == comparable(two)
     assert len(emulator.calls) == 1
-    [(_key, ttl)] = answer_keys(prefix).items()
+    [(_key, ttl)] = answer_keys(redis_target).items()
     assert 0 < ttl <= 3600 * 1000
-    assert all(ttl > 0 for ttl in keys_under(SHARED_URL, prefix).values())
+    assert all(ttl > 0 for ttl in redis_target.stored().values())
 
 
 @pytest.mark.parametrize("fault", ["fail_after", "disconnect", "idle_timeout"])
 async def test_truncated_answers_are_not_stored(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str, fault: str
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget, fault: str
 ) -> None:
     behaviour = {
         "fail_after": Behaviour(fail_after=3),
@@ -102,14 +96,14 @@ async def test_truncated_answers_are_not_stored(
         "idle_timeout": Behaviour(hang_after=3),
     }[fault]
     emulator.reset(behaviour)
-    async with gateway(cached(emulator, prefix, entry={"idle_s": 0.2})) as url:
+    async with gateway(cached(emulator, redis_target, entry={"idle_s": 0.2})) as url:
         async with client.stream("POST", f"{url}/qa", json=QUERY) as response:
             async for chunk in response.aiter_bytes():
                 if fault == "disconnect" and b"event: delta" in chunk:
                     break
         assert await wait_for(lambda: emulator.calls[0].cancelled or emulator.calls[0].failed)
         await asyncio.sleep(0.05)
-        assert answer_keys(prefix) == {}
+        assert answer_keys(redis_target) == {}
         emulator.reset()
         again = await client.post(f"{url}/qa", json=QUERY)
     assert again.headers["x-cache"] == "MISS"
@@ -144,22 +138,22 @@ def test_keys_differ_by_everything_that_changes_the_answer() -> None:
 
 
 async def test_tenants_and_models_never_share_answers(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     for settings in (
-        cached(emulator, prefix),
-        cached(emulator, prefix, cache={"tenant": "acme"}),
-        cached(emulator, prefix, entry={"model": "gemini-2.5-pro"}),
+        cached(emulator, redis_target),
+        cached(emulator, redis_target, cache={"tenant": "acme"}),
+        cached(emulator, redis_target, entry={"model": "gemini-2.5-pro"}),
     ):
         async with gateway(settings) as url:
             response = await client.post(f"{url}/qa", json=QUERY)
             assert response.headers["x-cache"] == "MISS"
     assert len(emulator.calls) == 3
-    assert len(answer_keys(prefix)) == 3
+    assert len(answer_keys(redis_target)) == 3
 
 
 async def test_a_question_is_cached_with_its_conversation(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     earlier = [{"role": "user", "text": "Which clouds?"}, {"role": "model", "text": "Vertex."}]
     asked = [
@@ -169,21 +163,21 @@ async def test_a_question_is_cached_with_its_conversation(
         QUERY | {"history": earlier},
         QUERY,
     ]
-    async with gateway(cached(emulator, prefix)) as url:
+    async with gateway(cached(emulator, redis_target)) as url:
         responses = [await client.post(f"{url}/qa", json=body) for body in asked]
     assert [r.headers["x-cache"] for r in responses] == ["MISS", "MISS", "MISS", "HIT", "HIT"]
-    assert len(emulator.calls) == len(answer_keys(prefix)) == 3
+    assert len(emulator.calls) == len(answer_keys(redis_target)) == 3
     assert responses[3].content.split(b"\n\n")[1:] == responses[1].content.split(b"\n\n")[1:]
 
 
 async def test_garbage_entry_is_a_miss_then_overwritten(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget
 ) -> None:
-    async with gateway(cached(emulator, prefix)) as url:
+    async with gateway(cached(emulator, redis_target)) as url:
         await client.post(f"{url}/qa", json=QUERY)
-        [key] = answer_keys(prefix)
+        [key] = answer_keys(redis_target)
         for garbage in (b"\x00not json", b'{"v": 0, "events": []}', b'{"v": 1}'):
-            with redis.Redis.from_url(SHARED_URL) as r:
+            with redis_target.client() as r:
                 r.set(key, garbage, px=60_000)
             miss = await client.post(f"{url}/qa", json=QUERY)
             hit = await client.post(f"{url}/qa", json=QUERY)
@@ -193,14 +187,15 @@ async def test_garbage_entry_is_a_miss_then_overwritten(
 
 
 async def test_identical_concurrent_requests_share_one_call(
-    emulator: Emulator, prefix: str
+    emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     emulator.reset(Behaviour(chunks=20, delay_ms=10))
     async with (
-        gateway(cached(emulator, prefix)) as url,
+        gateway(cached(emulator, redis_target)) as url,
         httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=60)) as client,
     ):
         responses = await asyncio.gather(*(client.post(f"{url}/qa", json=QUERY) for _ in range(50)))
+        assert await redis_errors(client, url) == 0  # all at once, on a fresh client too
     answers = [comparable(parse_sse(r.content)) for r in responses]
     assert all(answer == answers[0] for answer in answers)
     assert answers[0][-1][1] == "done"
@@ -217,12 +212,15 @@ async def _read_until(chunks: AsyncIterator[bytes], deltas: int) -> bytes:
 
 @pytest.mark.parametrize("leaves_after", [0, 3], ids=["before-first-event", "mid-stream"])
 async def test_a_client_leaving_never_cuts_the_others_short(
-    emulator: Emulator, prefix: str, leaves_after: int
+    emulator: Emulator, redis_target: RedisTarget, leaves_after: int
 ) -> None:
     """The first asker leaves (before the first event, or mid-stream); the one who joined its
     flight still gets the whole answer from the same upstream call, and it is stored."""
     emulator.reset(Behaviour(chunks=12, delay_ms=30, first_delay_ms=400))
-    async with gateway(cached(emulator, prefix)) as url, httpx.AsyncClient(timeout=30) as client:
+    async with (
+        gateway(cached(emulator, redis_target)) as url,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         alone = await client.post(f"{url}/qa", json={"query": "the reference answer"})
         emulator.reset(Behaviour(chunks=12, delay_ms=30, first_delay_ms=400))
         first = client.stream("POST", f"{url}/qa", json=QUERY)
@@ -248,14 +246,17 @@ async def test_a_client_leaving_never_cuts_the_others_short(
     assert kinds[-1] == "done" and kinds.count("delta") == 12
     [call] = emulator.calls
     assert call.completed and not call.cancelled
-    assert await wait_for(lambda: len(answer_keys(prefix)) == 2)
+    assert await wait_for(lambda: len(answer_keys(redis_target)) == 2)
 
 
 async def test_when_every_client_leaves_the_upstream_call_is_cancelled(
-    emulator: Emulator, prefix: str
+    emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     emulator.reset(Behaviour(chunks=100, delay_ms=20))
-    async with gateway(cached(emulator, prefix)) as url, httpx.AsyncClient(timeout=30) as client:
+    async with (
+        gateway(cached(emulator, redis_target)) as url,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         async with client.stream("POST", f"{url}/qa", json=QUERY) as one:
             chunks = one.aiter_bytes()  # kept: dropping it hangs up
             await _read_until(chunks, 2)
@@ -268,15 +269,18 @@ async def test_when_every_client_leaves_the_upstream_call_is_cancelled(
             await _read_until(alone.aiter_bytes(), 1)
         assert await wait_for(lambda: emulator.calls[-1].cancelled, timeout=1.0)
     assert len(emulator.calls) == 2
-    assert answer_keys(prefix) == {}
+    assert answer_keys(redis_target) == {}
 
 
 async def test_asked_again_right_after_hanging_up_gets_a_whole_new_answer(
-    emulator: Emulator, prefix: str
+    emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     """Stop, then ask again at once: the new question never follows the abandoned call."""
     emulator.reset(Behaviour(chunks=8, delay_ms=20))
-    async with gateway(cached(emulator, prefix)) as url, httpx.AsyncClient(timeout=30) as client:
+    async with (
+        gateway(cached(emulator, redis_target)) as url,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         async with client.stream("POST", f"{url}/qa", json=QUERY) as stopped:
             chunks = stopped.aiter_bytes()
             await _read_until(chunks, 2)
@@ -287,29 +291,30 @@ async def test_asked_again_right_after_hanging_up_gets_a_whole_new_answer(
 
 
 async def test_leaving_before_the_first_event_cancels_the_flight(
-    emulator: Emulator, prefix: str
+    emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     emulator.reset(Behaviour(first_delay_ms=5000))
-    async with gateway(cached(emulator, prefix)) as url, httpx.AsyncClient(timeout=30) as client:
+    async with (
+        gateway(cached(emulator, redis_target)) as url,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         with pytest.raises(httpx.ReadTimeout):
             await client.post(f"{url}/qa", json=QUERY, timeout=0.3)
         assert await wait_for(lambda: emulator.calls and emulator.calls[0].cancelled, timeout=2.0)
-    assert answer_keys(prefix) == {}
+    assert answer_keys(redis_target) == {}
 
 
 async def test_a_call_followed_from_another_instance_outlives_its_first_asker(
-    emulator: Emulator, prefix: str
+    emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     """The asker on the first instance hangs up before the first event while one on the
     second instance follows that flight through Redis: the call goes on for the second."""
     emulator.reset(Behaviour(chunks=8, delay_ms=10, first_delay_ms=600))
-    async with two_instances(emulator, prefix) as (first_url, second_url, client):
+    async with two_instances(emulator, redis_target) as (first_url, second_url, client):
         first = asyncio.create_task(client.post(f"{first_url}/qa", json=QUERY))
         assert await wait_for(lambda: len(emulator.calls) == 1)
         second = asyncio.create_task(client.post(f"{second_url}/qa", json=QUERY))
-        assert await wait_for(
-            lambda: any(k.endswith(b":followers") for k in keys_under(SHARED_URL, prefix))
-        )
+        assert await wait_for(lambda: any(k.endswith(b":followers") for k in redis_target.stored()))
         first.cancel()  # the first asker hangs up; the second instance still follows
         with pytest.raises(asyncio.CancelledError):
             await first
@@ -321,13 +326,13 @@ async def test_a_call_followed_from_another_instance_outlives_its_first_asker(
 
 
 async def test_an_answer_that_is_only_done_reaches_followers_elsewhere(
-    emulator: Emulator, prefix: str
+    emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     """A blocked prompt's answer is one ``done`` event: the instance following it through
     Redis ends with that ``done`` too."""
     emulator.reset(Behaviour(first_delay_ms=400))
     blocked = {"query": "Tell me [skip] now"}
-    async with two_instances(emulator, prefix) as (first_url, second_url, client):
+    async with two_instances(emulator, redis_target) as (first_url, second_url, client):
         first = asyncio.create_task(client.post(f"{first_url}/qa", json=blocked))
         assert await wait_for(lambda: len(emulator.calls) == 1)
         second = await client.post(f"{second_url}/qa", json=blocked)
@@ -339,20 +344,20 @@ async def test_an_answer_that_is_only_done_reaches_followers_elsewhere(
 
 
 async def test_an_answer_abandoned_elsewhere_is_never_followed(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     """Asked in the moment between another instance abandoning its call and releasing the
     question: the half answer it left in Redis is not replayed; this instance answers afresh."""
-    async with gateway(cached(emulator, prefix)) as url:
+    async with gateway(cached(emulator, redis_target)) as url:
         reference = await client.post(f"{url}/qa", json=QUERY)
-        [key] = answer_keys(prefix)
+        [key] = answer_keys(redis_target)
         abandoned = [
             ["meta", {"backend": "gemini", "owner": "anonymous", "tenant": "default"}],
             ["delta", {"text": "Half an answer"}],
             ["error", {"code": "abandoned", "message": "every client left", "retryable": True}],
         ]
-        stream = f"{prefix}s:{{{'A' * 22}}}".encode()
-        with redis.Redis.from_url(SHARED_URL) as r:
+        stream = f"{redis_target.prefix}s:{{{'A' * 22}}}".encode()
+        with redis_target.client() as r:
             r.set(key, "A" * 22, px=10_000)  # the question still points at that stream
             r.set(stream + b":live", b"1", px=10_000)  # the other instance, still on it
             for seq, entry in enumerate(abandoned):
@@ -365,29 +370,32 @@ async def test_an_answer_abandoned_elsewhere_is_never_followed(
 
 
 async def test_failure_reaches_every_client_and_nothing_is_stored(
-    emulator: Emulator, prefix: str
+    emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     emulator.reset(Behaviour(chunks=20, delay_ms=20, fail_after=5))
-    async with gateway(cached(emulator, prefix)) as url, httpx.AsyncClient(timeout=30) as client:
+    async with (
+        gateway(cached(emulator, redis_target)) as url,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         responses = await asyncio.gather(*(client.post(f"{url}/qa", json=QUERY) for _ in range(5)))
     for response in responses:
         kinds = [kind for _, kind, _ in parse_sse(response.content)]
         assert kinds == ["meta"] + ["delta"] * 5 + ["error"]
     assert len(emulator.calls) == 1
-    assert answer_keys(prefix) == {}
+    assert answer_keys(redis_target) == {}
 
 
 async def test_cache_control_and_bypasses(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget
 ) -> None:
-    settings = cached(emulator, prefix)
+    settings = cached(emulator, redis_target)
     settings.backends["plain"] = settings.backends["gemini"].model_copy(update={"cache": False})
     async with gateway(settings) as url:
         stored_nothing = await client.post(
             f"{url}/qa", json=QUERY, headers={"Cache-Control": "no-store"}
         )
         assert stored_nothing.headers["x-cache"] == "MISS"
-        assert answer_keys(prefix) == {}
+        assert answer_keys(redis_target) == {}
         await client.post(f"{url}/qa", json=QUERY)
         refreshed = await client.post(
             f"{url}/qa", json=QUERY, headers={"Cache-Control": "no-cache"}
@@ -417,7 +425,8 @@ async def test_redis_trouble_never_fails_a_request(
     server = RedisServer().start()
     try:
         fast = {"command_timeout_s": 0.05, "connect_timeout_s": 0.05, "breaker_s": 3.0}
-        async with gateway(cached(emulator, "t:", url=server.url, cache=fast)) as url:
+        own = RedisTarget(server.url, prefix="t:")
+        async with gateway(cached(emulator, own, cache=fast)) as url:
             await client.post(f"{url}/qa", json={"query": "warm"})
             assert await redis_errors(client, url) == 0
             server.stop() if outage == "stopped" else server.pause()

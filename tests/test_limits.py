@@ -4,13 +4,12 @@ Redis of our own that we stop."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
 import pytest
-import redis
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backends.emulator import Behaviour, Emulator
@@ -18,30 +17,22 @@ from gateway.app import create_app
 from gateway.http.limits import LimitOverrides
 from gateway.settings import Settings
 from gateway.upstream.base import Principal
-from tests.redis_support import SHARED_URL, RedisServer, delete_prefix, keys_under, new_prefix
+from tests.redis_support import RedisServer, RedisTarget, keys_under
 from tests.support import gateway, parse_sse, serve, settings_for, wait_for
 
 ANONYMOUS = "default/anonymous"
 """The principal of every request without credentials: tenant ``default``, ``anonymous``."""
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    prefix = new_prefix()
-    yield prefix
-    delete_prefix(SHARED_URL, prefix)
-
-
 def limited(
-    emulator: Emulator,
-    prefix: str,
-    url: str | None = SHARED_URL,
-    cached: bool = False,
-    **limits: Any,
+    emulator: Emulator, redis_target: RedisTarget | None, cached: bool = False, **limits: Any
 ) -> Settings:
+    """Settings with ``limits``, counted in ``redis_target`` (in process if None)."""
     # These tests are about counting, not outages: ride out a busy machine.
+    shared = redis_target.settings() if redis_target else {}
+    prefix = redis_target.prefix if redis_target else "unused:"
     cache = {"prefix": prefix, "command_timeout_s": 1.0}
-    settings = settings_for(emulator, redis_url=url, cache=cache, limits=limits)
+    settings = settings_for(emulator, cache=cache, limits=limits, **shared)
     settings.backends["gemini"].cache = cached
     return settings
 
@@ -72,9 +63,9 @@ def refusal(response: httpx.Response) -> str:
 
 
 async def test_rpm_is_shared_by_two_instances(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str, stack: AsyncExitStack
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget, stack: AsyncExitStack
 ) -> None:
-    urls = await instances(stack, limited(emulator, prefix, rpm=6))
+    urls = await instances(stack, limited(emulator, redis_target, rpm=6))
     answers = [await ask(client, urls[i % 2]) for i in range(6)]
     seventh = await ask(client, urls[0])
 
@@ -89,16 +80,16 @@ async def test_rpm_is_shared_by_two_instances(
     assert seventh.headers["ratelimit-remaining"] == "0"
     assert len(emulator.calls) == 6  # the refused one cost no upstream call
     # Redis holds the count under the prefix, in one hash tag, with an expiry.
-    limit_keys = keys_under(SHARED_URL, f"{prefix}limits:")
+    limit_keys = keys_under(redis_target.url, f"{redis_target.prefix}limits:")
     [(name, ttl)] = limit_keys.items()
-    assert name.decode() == f"{prefix}limits:{{{ANONYMOUS}}}:rpm"
+    assert name.decode() == f"{redis_target.prefix}limits:{{{ANONYMOUS}}}:rpm"
     assert 0 < ttl <= 60_000
 
 
 async def test_concurrent_answers_are_shared_and_freed_when_one_ends(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str, stack: AsyncExitStack
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget, stack: AsyncExitStack
 ) -> None:
-    urls = await instances(stack, limited(emulator, prefix, concurrent=2))
+    urls = await instances(stack, limited(emulator, redis_target, concurrent=2))
     emulator.reset(Behaviour(chunks=20, delay_ms=50))  # each answer stays open for ~1 s
     async with AsyncExitStack() as streams:
         open_ones = []
@@ -115,8 +106,8 @@ async def test_concurrent_answers_are_shared_and_freed_when_one_ends(
         assert third.status_code == 429
         assert refusal(third) == "concurrency_limited"
         assert int(third.headers["retry-after"]) >= 1
-        with redis.Redis.from_url(SHARED_URL) as shared:
-            assert shared.zcard(key(prefix, "open")) == 2
+        with redis_target.client() as shared:
+            assert shared.zcard(key(redis_target.prefix, "open")) == 2
         async for _ in open_ones[0]:  # the first answer ends...
             pass
         fourth = await ask(client, urls[1], "a new one once the first has ended")
@@ -126,9 +117,9 @@ async def test_concurrent_answers_are_shared_and_freed_when_one_ends(
 
 
 async def test_an_open_answer_renews_its_lease_and_a_dead_instances_expires(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str, stack: AsyncExitStack
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget, stack: AsyncExitStack
 ) -> None:
-    [url] = await instances(stack, limited(emulator, prefix, concurrent=1, lease_s=1.0), 1)
+    [url] = await instances(stack, limited(emulator, redis_target, concurrent=1, lease_s=1.0), 1)
     emulator.reset(Behaviour(chunks=80, delay_ms=50))
     loop = asyncio.get_running_loop()
     async with client.stream("POST", f"{url}/qa", json={"query": "a long one"}) as response:
@@ -138,23 +129,23 @@ async def test_an_open_answer_renews_its_lease_and_a_dead_instances_expires(
                 break
         assert (await ask(client, url, "while it lasts")).status_code == 429
     # What a crashed instance leaves: a slot whose lease nobody renews. Live, it counts...
-    with redis.Redis.from_url(SHARED_URL) as shared:
+    with redis_target.client() as shared:
         now_us = int(shared.time()[0]) * 1_000_000
         # The client that left frees its slot as soon as the gateway sees it gone.
-        assert await wait_for(lambda: shared.zcard(key(prefix, "open")) == 0)
-        shared.zadd(key(prefix, "open"), {"crashed": now_us + 60_000_000})
+        assert await wait_for(lambda: shared.zcard(key(redis_target.prefix, "open")) == 0)
+        shared.zadd(key(redis_target.prefix, "open"), {"crashed": now_us + 60_000_000})
         emulator.reset()
         assert refusal(await ask(client, url, "behind a live slot")) == "concurrency_limited"
         # ...expired, it is dropped.
-        shared.zadd(key(prefix, "open"), {"crashed": now_us - 1})
+        shared.zadd(key(redis_target.prefix, "open"), {"crashed": now_us - 1})
         assert (await ask(client, url, "behind an expired slot")).status_code == 200
-        assert shared.zcard(key(prefix, "open")) == 0
+        assert shared.zcard(key(redis_target.prefix, "open")) == 0
 
 
 async def test_tokens_per_day_on_both_routes_then_budget_exhausted(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str, stack: AsyncExitStack
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget, stack: AsyncExitStack
 ) -> None:
-    urls = await instances(stack, limited(emulator, prefix, tokens_per_day=20))
+    urls = await instances(stack, limited(emulator, redis_target, tokens_per_day=20))
     first = await ask(client, urls[0], "one two three")
     usage = parse_sse(first.content)[-1][2]["usage"]["total_tokens"]
     chat = await client.post(
@@ -180,21 +171,21 @@ async def test_tokens_per_day_on_both_routes_then_budget_exhausted(
         assert 1 <= int(response.headers["retry-after"]) <= 86_400  # the next UTC midnight
         assert response.headers["ratelimit-remaining"] == "0"
     assert len(emulator.calls) == 2
-    with redis.Redis.from_url(SHARED_URL) as shared:
-        assert int(shared.hget(key(prefix, "tokens"), "used") or 0) == spent
-        assert 0 < shared.pttl(key(prefix, "tokens")) <= 86_400_000
+    with redis_target.client() as shared:
+        assert int(shared.hget(key(redis_target.prefix, "tokens"), "used") or 0) == spent
+        assert 0 < shared.pttl(key(redis_target.prefix, "tokens")) <= 86_400_000
 
 
 async def test_a_cache_hit_counts_as_a_request_but_costs_no_tokens(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str, stack: AsyncExitStack
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget, stack: AsyncExitStack
 ) -> None:
-    settings = limited(emulator, prefix, cached=True, rpm=6, tokens_per_day=1000)
+    settings = limited(emulator, redis_target, cached=True, rpm=6, tokens_per_day=1000)
     urls = await instances(stack, settings)
     miss = await ask(client, urls[0])
-    with redis.Redis.from_url(SHARED_URL) as shared:
-        after_miss = int(shared.hget(key(prefix, "tokens"), "used") or 0)
+    with redis_target.client() as shared:
+        after_miss = int(shared.hget(key(redis_target.prefix, "tokens"), "used") or 0)
         hit = await ask(client, urls[1])
-        after_hit = int(shared.hget(key(prefix, "tokens"), "used") or 0)
+        after_hit = int(shared.hget(key(redis_target.prefix, "tokens"), "used") or 0)
     third = await ask(client, urls[0], "another question")
 
     assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("MISS", "HIT")
@@ -204,9 +195,9 @@ async def test_a_cache_hit_counts_as_a_request_but_costs_no_tokens(
 
 
 async def test_an_answer_that_fails_to_start_carries_the_headers_too(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str, stack: AsyncExitStack
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget, stack: AsyncExitStack
 ) -> None:
-    [url] = await instances(stack, limited(emulator, prefix, rpm=6, concurrent=1), 1)
+    [url] = await instances(stack, limited(emulator, redis_target, rpm=6, concurrent=1), 1)
     emulator.reset(Behaviour(fail_first=1, fail_code="INVALID_ARGUMENT"))
     failed = await ask(client, url)
     answered = await ask(client, url)  # the failed one freed its slot
@@ -218,16 +209,16 @@ async def test_an_answer_that_fails_to_start_carries_the_headers_too(
 
 
 async def test_a_corrupt_count_is_that_principals_problem(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str, stack: AsyncExitStack
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget, stack: AsyncExitStack
 ) -> None:
-    [url] = await instances(stack, limited(emulator, prefix, rpm=6, concurrent=2), 1)
-    with redis.Redis.from_url(SHARED_URL) as shared:
-        shared.set(key(prefix, "rpm"), "garbage", px=60_000)
+    [url] = await instances(stack, limited(emulator, redis_target, rpm=6, concurrent=2), 1)
+    with redis_target.client() as shared:
+        shared.set(key(redis_target.prefix, "rpm"), "garbage", px=60_000)
         repaired = await ask(client, url)  # a count that is not one reads as none...
-        assert int(shared.get(key(prefix, "rpm")) or 0) > 0  # ...and is replaced
-        shared.set(key(prefix, "open"), "not a sorted set", px=60_000)
+        assert int(shared.get(key(redis_target.prefix, "rpm")) or 0) > 0  # ...and is replaced
+        shared.set(key(redis_target.prefix, "open"), "not a sorted set", px=60_000)
         unchecked_one = await ask(client, url)  # a key of the wrong type: served unchecked,
-        shared.delete(key(prefix, "open"))
+        shared.delete(key(redis_target.prefix, "open"))
         counted = await ask(client, url)  # without pausing the checks of anyone else
 
     assert repaired.headers["ratelimit-remaining"] == "5"
@@ -240,7 +231,7 @@ async def test_a_corrupt_count_is_that_principals_problem(
 async def test_without_redis_the_limits_hold_in_process(
     client: httpx.AsyncClient, emulator: Emulator
 ) -> None:
-    async with gateway(limited(emulator, "unused:", url=None, rpm=2)) as url:
+    async with gateway(limited(emulator, None, rpm=2)) as url:
         statuses = [(await ask(client, url)).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
 
@@ -260,7 +251,7 @@ async def test_redis_stopped(
 ) -> None:
     server = RedisServer().start()
     try:
-        settings = limited(emulator, "t:", url=server.url, rpm=1, fail_open=fail_open)
+        settings = limited(emulator, RedisTarget(server.url), rpm=1, fail_open=fail_open)
         async with gateway(settings) as url:
             assert (await ask(client, url)).status_code == 200
             assert (await ask(client, url)).status_code == 429
@@ -281,10 +272,10 @@ async def test_redis_stopped(
 
 
 async def test_what_the_front_door_sets_picks_the_limits_and_the_count(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     """A stand-in for the front door puts a principal (and a key's own limits) in the scope."""
-    settings = limited(emulator, prefix, rpm=3, tenants={"acme": {"rpm": 2}})
+    settings = limited(emulator, redis_target, rpm=3, tenants={"acme": {"rpm": 2}})
     callers = {
         "key": (Principal("key-a", "acme"), LimitOverrides(rpm=1)),
         "user": (Principal("user-1", "acme"), None),
@@ -312,6 +303,6 @@ async def test_what_the_front_door_sets_picks_the_limits_and_the_count(
         assert await statuses("key", 2) == [200, 429]  # its own rpm
         assert await statuses("user", 3) == [200, 200, 429]  # its tenant's
         assert await statuses("other", 4) == [200, 200, 200, 429]  # the defaults
-    limit_keys = keys_under(SHARED_URL, f"{prefix}limits:")
+    limit_keys = keys_under(redis_target.url, f"{redis_target.prefix}limits:")
     tagged = {name.decode().split("{")[1].split("}")[0] for name in limit_keys}
     assert tagged == {"acme/key-a", "acme/user-1", "beta/user-2"}

@@ -13,21 +13,25 @@ from backends.emulator import Behaviour, Emulator
 from gateway.settings import Settings
 from gateway.upstream.base import Principal
 from gateway.upstream.streams import Origin
-from tests.redis_support import SHARED_URL, delete_prefix, new_prefix
+from tests.redis_support import RedisTarget, delete_prefix, redis_named
 from tests.support import FAST_RETRY, gateway, parse_sse, settings_for, text_of, wait_for
 
 QUERY = {"query": "Where did my answer go?"}
 Frames = list[tuple[int, str, dict[str, Any]]]
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    prefix = new_prefix()
-    yield prefix
-    delete_prefix(SHARED_URL, prefix)
+@pytest.fixture(params=["memory", "standalone", "cluster"])
+def store(request: pytest.FixtureRequest) -> Iterator[RedisTarget | None]:
+    """Where answer streams are kept: in process (None), the shared Redis, a Redis Cluster."""
+    if request.param == "memory":
+        yield None
+        return
+    target = redis_named(request, request.param)
+    yield target
+    delete_prefix(target.url, target.prefix)
 
 
-def resumable(emulator: Emulator, redis_prefix: str | None, **resume: Any) -> Settings:
+def resumable(emulator: Emulator, redis_target: RedisTarget | None, **resume: Any) -> Settings:
     entry = {
         "type": "gemini",
         "endpoint": emulator.rest_address,
@@ -35,11 +39,9 @@ def resumable(emulator: Emulator, redis_prefix: str | None, **resume: Any) -> Se
         "retry": FAST_RETRY,
     }
     redis: dict[str, Any] = {}
-    if redis_prefix is not None:
-        redis = {
-            "redis_url": SHARED_URL,
-            "cache": {"prefix": redis_prefix, "command_timeout_s": 1.0},
-        }
+    if redis_target is not None:
+        cache = {"prefix": redis_target.prefix, "command_timeout_s": 1.0}
+        redis = redis_target.settings() | {"cache": cache}
     return settings_for(
         emulator, backends={"gemini": entry}, resume={"detach_s": 10} | resume, **redis
     )
@@ -89,9 +91,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_an_answer_resumes_on_another_instance(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget
 ) -> None:
-    settings = resumable(emulator, prefix)
+    settings = resumable(emulator, redis_target)
     async with gateway(settings) as first, gateway(settings) as second:
         emulator.reset(Behaviour(chunks=12, delay_ms=50))
         whole = await reference(client, first)
@@ -125,12 +127,11 @@ async def test_an_answer_resumes_on_one_instance_without_redis(
         assert [f[0] for f in parse_sse(whole_again.content)] == list(range(last + 1))
 
 
-@pytest.mark.parametrize("redis", [False, True], ids=["memory", "redis"])
 async def test_dropped_and_never_resumed_is_cancelled_after_the_window(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str, redis: bool
+    client: httpx.AsyncClient, emulator: Emulator, store: RedisTarget | None
 ) -> None:
     emulator.reset(Behaviour(chunks=200, delay_ms=20))
-    async with gateway(resumable(emulator, prefix if redis else None, detach_s=0.5)) as url:
+    async with gateway(resumable(emulator, store, detach_s=0.5)) as url:
         async with client.stream("POST", f"{url}/qa", json=QUERY) as response:
             await read_events(response, 2)
         assert await wait_for(lambda: emulator.calls[0].cancelled, timeout=1.5)
@@ -138,10 +139,10 @@ async def test_dropped_and_never_resumed_is_cancelled_after_the_window(
 
 
 async def test_asking_again_inside_the_window_joins_the_detached_answer(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget
 ) -> None:
     emulator.reset(Behaviour(chunks=20, delay_ms=30))
-    async with gateway(resumable(emulator, prefix)) as url:
+    async with gateway(resumable(emulator, redis_target)) as url:
         async with client.stream("POST", f"{url}/qa", json=QUERY) as response:
             await read_events(response, 2)
             stream_id = response.headers["x-stream-id"]
@@ -170,15 +171,14 @@ def test_a_stream_is_resumed_only_by_its_principal_or_for_a_shared_one_its_tenan
     assert shared.allows(bob) and not shared.allows(eve)
 
 
-@pytest.mark.parametrize("redis", [False, True], ids=["memory", "redis"])
 async def test_event_source_get_answers_and_reconnects_to_the_same_answer(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str, redis: bool
+    client: httpx.AsyncClient, emulator: Emulator, store: RedisTarget | None
 ) -> None:
     """What a browser's EventSource does: GET, then (after a cut) the same URL again with
     ``Last-Event-ID`` and ``Cache-Control: no-cache``: it resumes, also once finished."""
     emulator.reset(Behaviour(chunks=10, delay_ms=30))
     browser = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-    async with gateway(resumable(emulator, prefix if redis else None)) as url:
+    async with gateway(resumable(emulator, store)) as url:
         page = f"{url}/qa?query={QUERY['query']}&backend=gemini"
         async with client.stream("GET", page, headers=browser) as response:
             assert response.status_code == 200
@@ -229,12 +229,11 @@ async def test_every_answer_carries_its_stream_id(
     assert len(chat.headers["x-stream-id"]) >= 22
 
 
-@pytest.mark.parametrize("redis", [False, True], ids=["memory", "redis"])
 async def test_an_answer_past_the_caps_reaches_its_client_but_is_not_kept(
-    client: httpx.AsyncClient, emulator: Emulator, prefix: str, redis: bool
+    client: httpx.AsyncClient, emulator: Emulator, store: RedisTarget | None
 ) -> None:
     emulator.reset(Behaviour(chunks=12))
-    settings = resumable(emulator, prefix if redis else None, max_events=5)
+    settings = resumable(emulator, store, max_events=5)
     async with gateway(settings) as url:
         answers = [await client.post(f"{url}/qa", json=QUERY) for _ in range(2)]
         kinds = [kind for _, kind, _ in parse_sse(answers[0].content)]

@@ -110,3 +110,14 @@ def test_an_agent_engine_backend_needs_its_reasoning_engine(tmp_path: Path) -> N
         ConfigError, match=r"backends\.agent\.reasoning_engine \(.*\): Field required"
     ):
         load_settings(path)
+
+
+def test_redis_cluster_is_set_from_the_environment_and_needs_a_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QA_REDIS_CLUSTER", "true")
+    with pytest.raises(ConfigError, match="redis_cluster is true but redis_url is unset"):
+        load_settings(write(tmp_path, GOOD))
+    monkeypatch.setenv("QA_REDIS_URL", "redis://10.0.0.3:6379")
+    settings = load_settings(write(tmp_path, GOOD))
+    assert (settings.redis_cluster, settings.redis_url) == (True, "redis://10.0.0.3:6379")

@@ -11,22 +11,24 @@ import httpx
 import pytest
 
 from backends.emulator import Behaviour, Emulator
-from tests.redis_support import SHARED_URL, delete_prefix, new_prefix
+from tests.redis_support import RedisTarget
 from tests.support import free_port, parse_sse, ready, spawn_gateway, text_of, wait_for
 
 QUERY = {"query": "Who answers when two gateways are asked?"}
 
 
 @pytest.fixture
-def two_gateways(emulator: Emulator, tmp_path: Path) -> Iterator[list[str]]:
-    prefix = new_prefix()
+def two_gateways(
+    emulator: Emulator, tmp_path: Path, redis_target: RedisTarget
+) -> Iterator[list[str]]:
     config = tmp_path / "gateway.toml"
     config.write_text(
         f"""
 default_backend = "gemini"
-redis_url = "{SHARED_URL}"
+redis_url = "{redis_target.url}"
+redis_cluster = {str(redis_target.cluster).lower()}
 [cache]
-prefix = "{prefix}"
+prefix = "{redis_target.prefix}"
 command_timeout_s = 1.0  # this test is about sharing, not outages: ride out a busy machine
 [backends.gemini]
 type = "gemini"
@@ -52,7 +54,6 @@ insecure = true
         logs.close()
         for log in tmp_path.glob("gw-*.log"):
             print(log.read_text())
-        delete_prefix(SHARED_URL, prefix)
 
 
 async def test_two_processes_share_one_upstream_call(

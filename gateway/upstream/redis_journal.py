@@ -31,7 +31,7 @@ from backends.base import BackendError, Event
 from gateway.upstream.flight import Flight
 from gateway.upstream.publisher import Publisher
 from gateway.upstream.redis_reader import StreamReader, origin_of
-from gateway.upstream.stores import Breaker
+from gateway.upstream.stores import Breaker, KeyProblem
 from gateway.upstream.streams import (
     Origin,
     Reading,
@@ -67,7 +67,7 @@ class StreamKeys:
         return cls(base + ":events", base + ":live", base + ":followers")
 
 
-class BadValue(Exception):
+class BadValue(KeyProblem):
     """``key`` holds a value that does not decode."""
 
     def __init__(self, key: str) -> None:

@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
 from gateway.upstream.limits import LimitOverrides, State
-from gateway.upstream.stores import Breaker
+from gateway.upstream.stores import Breaker, is_key_problem
 
 log = logging.getLogger("gateway.limits")
 
@@ -111,7 +111,7 @@ class RedisLimiter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         breaker: Breaker,
         prefix: str,
         lease_s: float,
@@ -124,7 +124,6 @@ class RedisLimiter:
         self.on_unchecked = on_unchecked
         self._admit = redis.register_script(_ADMIT)
         self._finish = redis.register_script(_FINISH)
-        self._renew = redis.register_script(_RENEW)
         self._held: dict[str, set[str]] = {}
         """The tickets holding a ``concurrent`` slot on this instance, per principal."""
         self._renewer: asyncio.Task[None] | None = None
@@ -177,17 +176,22 @@ class RedisLimiter:
         async with self.redis.pipeline(transaction=False) as pipe:
             for who, tickets in held:
                 key = LimitKeys.of(self.prefix, who).open
-                await self._renew([key], [lease_us, *tickets], client=pipe)
+                # EVAL, not EVALSHA: a cluster's pipeline refuses EVALSHA (nor would it load
+                # the script on a node that lacks it).
+                pipe.eval(_RENEW, 1, key, lease_us, *tickets)
             await pipe.execute()
 
     async def _call(self, operation: Callable[[], Any]) -> Any:
-        """``operation()``; None when Redis is unavailable, or refused the call (a key of the
-        wrong type: that principal goes unchecked, the others do not)."""
+        """``operation()``; None when Redis is unavailable, or refused the call for what a
+        key holds (of the wrong type, or a value the script cannot use: that principal goes
+        unchecked, the others do not)."""
 
         async def answered() -> Any:
             try:
                 return await operation()
             except ResponseError as error:
+                if not is_key_problem(error) and "@user_script" not in str(error):
+                    raise  # Redis's own state (CLUSTERDOWN, TRYAGAIN, READONLY): the breaker's
                 log.warning("redis refused a limits call: %s", error)
                 return None
 

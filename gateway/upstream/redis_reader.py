@@ -13,12 +13,12 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from backends.base import Event
 from gateway.upstream.flight import ABANDONED
 from gateway.upstream.outage import Outage
-from gateway.upstream.stores import is_key_problem
+from gateway.upstream.stores import REDIS_ERRORS, is_key_problem
 from gateway.upstream.streams import (
     LostStream,
     Origin,
@@ -162,7 +162,7 @@ class StreamReader:
                 else:
                     await journal.bad(error, keys.events)
                     raise _LostError("its stream was corrupt") from None
-            except (RedisError, OSError, TimeoutError) as error:
+            except REDIS_ERRORS as error:
                 failure = error
             else:
                 await cursor.answered()

@@ -3,7 +3,7 @@ and the ``Breaker`` every Redis call goes through.
 
 Redis trouble never fails a request: every call has short timeouts, a ``Breaker`` stops
 asking a failing Redis for a while, and each failure reads as a miss. A value of the wrong
-type under one key is that key's problem (``is_key_problem``), not an outage.
+type under one key is that key's problem (``is_key_problem``, ``KeyProblem``), not an outage.
 """
 
 from __future__ import annotations
@@ -14,10 +14,29 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 log = logging.getLogger("gateway.cache")
 T = TypeVar("T")
+
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    TimeoutError,
+    AttributeError,
+)
+"""What a call to Redis raises when Redis (or a Redis Cluster) is in trouble: down, slow,
+failing over. On a cluster: ``ClusterDownError``, ``TryAgainError`` and ``MovedError`` past
+its redirects are ``RedisError``s; ``SlotNotCoveredError`` and a node list nobody answers are
+``RedisClusterException``s, which are not; and redis-py's asyncio cluster client raises
+``AttributeError`` for a command on a connection that a concurrent reload of the slot map
+closed under it (``'NoneType' object has no attribute 'writelines'``)."""
+
+
+class KeyProblem(Exception):
+    """What one key holds cannot be used: the breaker lets it through to the caller, who
+    deals with that key (Redis itself is fine)."""
 
 
 class MemoryStore:
@@ -101,17 +120,28 @@ class Breaker:
         self, operation: Callable[[], Awaitable[Any]], default: T, gated: bool = True
     ) -> Any | T:
         """``operation()``, or ``default`` when the breaker is open or Redis fails; not
-        ``gated``: tried even while open (by a caller that rides out outages itself)."""
+        ``gated``: tried even while open (by a caller that rides out outages itself).
+
+        Any exception but a key's problem reads as Redis trouble, not just ``REDIS_ERRORS``:
+        what fails here is a cache, a shared flight or a count, never worth failing the
+        request for, and a client library under load can raise what it was never meant to.
+        An unexpected one is logged with its traceback (it may be a bug of ours)."""
         if gated and not self.allows():
             return default
         try:
             result = await operation()
+        except KeyProblem:
+            raise
         except ResponseError as error:
             if is_key_problem(error):
                 raise  # one key's problem, not Redis's: the caller deals with that key
             self.failed(error)
             return default
-        except (TimeoutError, RedisError, OSError) as error:
+        except REDIS_ERRORS as error:
+            self.failed(error)
+            return default
+        except Exception as error:
+            log.warning("unexpected error from a redis call", exc_info=error)
             self.failed(error)
             return default
         self.succeeded()
