@@ -21,7 +21,7 @@ import redis
 from backends.emulator import Behaviour, Emulator
 from backends.emulator.gemini import answer_chunks
 from gateway.settings import Settings
-from tests.redis_support import RedisServer
+from tests.redis_support import RedisServer, RedisTarget
 from tests.support import free_port, gateway, parse_sse, ready, spawn_gateway, text_of, wait_for
 from tests.test_cache import cached
 
@@ -61,7 +61,7 @@ def on(redis_server: RedisServer, emulator: Emulator, **cache: Any) -> Settings:
     """An instance on the private Redis, with the default heartbeat, recovery window and
     breaker pause unless ``cache`` says otherwise."""
     knobs = {"command_timeout_s": TIMEOUT_S, "breaker_s": 5.0} | cache
-    return cached(emulator, "qa:", url=redis_server.url, cache=knobs)
+    return cached(emulator, RedisTarget(redis_server.url, prefix="qa:"), cache=knobs)
 
 
 @pytest.fixture
