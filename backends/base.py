@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -149,6 +149,15 @@ class BackendError(Exception):
         self.code = code
         self.message = message
         self.retry_after = retry_after  # seconds, when the upstream said how long to wait
+
+    def anew(self) -> Self:
+        """The same error as a new exception, with no traceback, cause or context: to keep,
+        or to raise where it is kept (a kept one holds every frame it passed through, and
+        those frames the objects that keep it: a cycle only the garbage collector frees)."""
+        error = type(self).__new__(type(self))
+        error.args = self.args
+        error.__dict__.update(self.__dict__)
+        return error
 
 
 class TransientError(BackendError):

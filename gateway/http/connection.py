@@ -13,6 +13,9 @@ each answered in the gateway's error shape, then the connection is closed:
 - a request on a connection beyond ``max_connections`` open ones: 503, with ``Retry-After``.
 
 (uvicorn's own ``limit_concurrency`` answers a plain-text 503 outside that shape.)
+
+A response's head goes out with its first body chunk, in one write: uvicorn writes the head
+on ``http.response.start``, a syscall (and on loopback, a wake-up of the reader) of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ from typing import Any, ClassVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 LINGER_S = 1.0
 """After a refusal, how long the connection reads (and drops) what the client still sends."""
@@ -109,6 +116,7 @@ class LimitedHttp(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head, self._arrived = False, 0
+        before = self.cycle
         self._disarm()
         limits = self.limits
         if self._head_bytes > limits.max_header_bytes:
@@ -121,6 +129,8 @@ class LimitedHttp(HttpToolsProtocol):
             self._refuse(503, "too_many_connections", message, b"retry-after: 1\r\n")
         else:
             super().on_headers_complete()
+            if self.cycle is not before and self.cycle is not None:
+                self.cycle.transport = HeadWithBody(self.cycle, self.transport)
             return
         raise _Refused
 
@@ -164,3 +174,41 @@ class LimitedHttp(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
+
+
+class HeadWithBody(asyncio.Transport):
+    """The connection as one response cycle writes to it: the response head is held until
+    the first body chunk and both go out as one write; a head with no body written in the
+    same step goes out on the loop's next turn. (uvicorn's cycle only writes, closes and
+    asks ``is_closing``.)"""
+
+    def __init__(self, cycle: RequestResponseCycle, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self._cycle = cycle
+        self._transport = transport
+        self._head: bytes | None = None
+        self._started = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._started and self._cycle.response_started:  # the head
+            self._started = True
+            self._head = bytes(data)
+            asyncio.get_running_loop().call_soon(self.flush)
+            return
+        if self._head is not None:
+            data, self._head = self._head + bytes(data), None
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        """Write the held head, if any."""
+        if self._head is not None:
+            head, self._head = self._head, None
+            if not self._transport.is_closing():
+                self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()

@@ -33,7 +33,7 @@ class Departure:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        self._watcher = asyncio.ensure_future(self._watch())
+        self._watcher: asyncio.Future[None] | None = asyncio.ensure_future(self._watch())
         return self
 
     async def __aexit__(
@@ -42,7 +42,9 @@ class Departure:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool:
-        self._watcher.cancel()
+        watcher, self._watcher = self._watcher, None  # its frame, in its error, refers to self
+        assert watcher is not None
+        watcher.cancel()
         if not self.left:
             return False
         self._task.uncancel()

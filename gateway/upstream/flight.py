@@ -78,7 +78,8 @@ class Flight:
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._origin_of = origin
-        self._source = source
+        self._source: Source | None = source
+        """Let go once the flight is over (its recorder refers to the flight)."""
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         flights.add(key, self)
@@ -96,7 +97,9 @@ class Flight:
         try:
             while not self._visible:
                 if self.ended:
-                    raise self.error or TransientError("aborted", "the answer was abandoned")
+                    if self.error is None:
+                        raise TransientError("aborted", "the answer was abandoned")
+                    raise self.error.anew()
                 await self._changed.wait()
         except BaseException:
             await leave()
@@ -112,7 +115,8 @@ class Flight:
         )
 
     def resumable(self) -> bool:
-        return self._source.resumable()
+        """Whether clients may resume the live flight (once over: read the journal)."""
+        return self._source is not None and self._source.resumable()
 
     def owner(self) -> Origin:
         """The stream's origin; before any backend answered, as asked of the first."""
@@ -152,7 +156,7 @@ class Flight:
             if self._timer is None:
                 self._timer = self._loop.call_at(self._deadline, self._expire)
             return
-        if not self._source.followed_elsewhere():
+        if self._source is not None and not self._source.followed_elsewhere():
             self.abandoned = True
             self._task.cancel()
 
@@ -187,24 +191,26 @@ class Flight:
                     continue
                 if self.ended:
                     if self.error is not None:
-                        raise self.error
+                        raise self.error.anew()
                     return
                 await self._changed.wait()
         finally:
             await leave()
 
     async def _run(self) -> None:
+        source = self._source
+        assert source is not None
         answer = None
         try:
-            answer = await self._source.open(self)
+            answer = await source.open(self)
             self.backend = answer.backend
             self.origin = self._origin_of(answer.backend)
             self.cache = answer.cache
-            self._add((answer.first,))
+            self._add((answer.first,), source)
             async for batch in answer.rest:
-                self._add(batch)
+                self._add(batch, source)
         except BackendError as error:
-            self.error = error
+            self.error = error.anew()
         except asyncio.CancelledError:
             self.error = TransientError(ABANDONED, "every client left")
         finally:
@@ -213,20 +219,21 @@ class Flight:
             if answer is not None:
                 await answer.aclose()
             try:
-                await self._source.on_end(self)
+                await source.on_end(self)
             finally:
                 self._flights.land(self._key, self)
                 self._visible = len(self.events)
                 self.ended = True
+                self._source = None
                 self._wake()
 
-    def _add(self, batch: Sequence[Event]) -> None:
+    def _add(self, batch: Sequence[Event], source: Source) -> None:
         for event in batch:
             self.events.append(event)
             if event.type == "done":
                 break  # held back until on_end has run
             self._visible = len(self.events)
-            self._source.on_event(event)
+            source.on_event(event)
         self._wake()
 
     def _wake(self) -> None:

@@ -97,13 +97,12 @@ class Retrying:
             async with asyncio.timeout(seconds):
                 return await self.inner.open(ask)
         except TimeoutError:
-            error: BackendError = TransientError(
-                "deadline_exceeded", f"the answer did not start within {seconds:g} s"
-            )
+            ask.trace.upstream_errors.append("deadline_exceeded")
+            message = f"the answer did not start within {seconds:g} s"
+            raise TransientError("deadline_exceeded", message) from None
         except BackendError as exc:
-            error = exc
-        ask.trace.upstream_errors.append(error.code)
-        raise error
+            ask.trace.upstream_errors.append(exc.code)
+            raise
 
     def _wait(self, state: RetryCallState) -> float:
         policy = self.policy

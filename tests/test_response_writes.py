@@ -1,0 +1,91 @@
+"""How a response reaches the connection: ``LimitedHttp`` driven by request bytes, with a
+transport that records each write (each one a syscall, and a segment on the wire)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from gateway.http.connection import LimitedHttp
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _serve(app: Any, transport: RecordingTransport) -> None:
+    """Serve one request with ``app`` until its response is complete and the loop turned."""
+    config = Config(app, http=LimitedHttp, lifespan="off", log_level="warning")
+    config.load()
+    protocol = LimitedHttp(config=config, server_state=ServerState(), app_state={})
+    protocol.connection_made(transport)
+    protocol.data_received(REQUEST)
+    for _ in range(200):
+        if protocol.cycle is not None and protocol.cycle.response_complete:
+            break
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.001)
+    protocol.connection_lost(None)
+
+
+def _start(status: int = 200) -> dict[str, Any]:
+    return {"type": "http.response.start", "status": status, "headers": []}
+
+
+async def test_the_head_goes_out_with_the_first_chunk() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(_start())
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await asyncio.sleep(0.005)
+        await send({"type": "http.response.body", "body": b"second", "more_body": False})
+
+    transport = RecordingTransport()
+    await _serve(app, transport)
+    assert len(transport.writes) == 2
+    head_and_first, rest = transport.writes
+    assert head_and_first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert head_and_first.endswith(b"\r\n\r\n5\r\nfirst\r\n")
+    assert rest == b"6\r\nsecond\r\n0\r\n\r\n"
+
+
+async def test_a_head_with_no_body_yet_goes_out_on_its_own() -> None:
+    """A head whose body is not ready in the same step is not held until it is."""
+    transport = RecordingTransport()
+    written_while_waiting: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(_start())
+        await asyncio.sleep(0.005)
+        written_while_waiting.extend(transport.writes)
+        await send({"type": "http.response.body", "body": b"late"})
+
+    await _serve(app, transport)
+    assert len(written_while_waiting) == 1
+    assert written_while_waiting[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.writes[1:] == [b"4\r\nlate\r\n0\r\n\r\n"]
