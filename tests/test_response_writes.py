@@ -1,5 +1,6 @@
 """How a response reaches the connection: ``LimitedHttp`` driven by request bytes, with a
-transport that records each write (each one a syscall, and a segment on the wire)."""
+transport that records each write (each one a syscall, and a segment on the wire): the head
+goes with the first chunk, and an answer's last event with the end of the body."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from typing import Any
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from backends.emulator import Emulator
+from gateway.app import create_app
 from gateway.http.connection import LimitedHttp
+from tests.support import parse_sse, settings_for
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -39,13 +43,13 @@ class RecordingTransport(asyncio.Transport):
         pass
 
 
-async def _serve(app: Any, transport: RecordingTransport) -> None:
-    """Serve one request with ``app`` until its response is complete and the loop turned."""
+async def _serve(app: Any, transport: RecordingTransport, request: bytes = REQUEST) -> None:
+    """Serve ``request`` with ``app`` until its response is complete and the loop turned."""
     config = Config(app, http=LimitedHttp, lifespan="off", log_level="warning")
     config.load()
     protocol = LimitedHttp(config=config, server_state=ServerState(), app_state={})
     protocol.connection_made(transport)
-    protocol.data_received(REQUEST)
+    protocol.data_received(request)
     for _ in range(200):
         if protocol.cycle is not None and protocol.cycle.response_complete:
             break
@@ -89,3 +93,36 @@ async def test_a_head_with_no_body_yet_goes_out_on_its_own() -> None:
     assert len(written_while_waiting) == 1
     assert written_while_waiting[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert transport.writes[1:] == [b"4\r\nlate\r\n0\r\n\r\n"]
+
+
+async def test_an_answer_goes_out_in_the_fewest_writes(emulator: Emulator) -> None:
+    """The head with ``meta`` and the first event; ``done`` with the end of the body."""
+    app = create_app(settings_for(emulator))
+    body = b'{"query": "How many writes?"}'
+    request = (
+        b"POST /qa HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    transport = RecordingTransport()
+    async with app.router.lifespan_context(app):
+        await _serve(app, transport, request)
+
+    first, *_, last = transport.writes
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"event: meta\n" in first and b"event: delta\n" in first
+    assert b"event: done\n" in last and last.endswith(b"\n\n\r\n0\r\n\r\n")
+    wire = b"".join(transport.writes)
+    frames = parse_sse(_unchunked(wire.split(b"\r\n\r\n", 1)[1]))
+    assert [kind for _, kind, _ in frames][-1] == "done"
+    assert sum(b"event: done" in write for write in transport.writes) == 1
+
+
+def _unchunked(body: bytes) -> bytes:
+    """The payload of a chunked HTTP body."""
+    payload = b""
+    while True:
+        size, _, rest = body.partition(b"\r\n")
+        length = int(size, 16)
+        if not length:
+            return payload
+        payload, body = payload + rest[:length], rest[length + 2 :]

@@ -6,12 +6,23 @@ route speaks chat completion chunks or one completion (``gateway.formats.openai`
 
 from __future__ import annotations
 
-from gateway.formats.base import Failure, Format, Framed, Head, Outcome, Outcomes
+from gateway.formats.base import Failure, Format, Framed, Head, Outcome, Outcomes, ends
 from gateway.formats.ndjson import NDJSON
 from gateway.formats.sse import SSE
 from gateway.formats.text import Text
 
-__all__ = ["NDJSON", "SSE", "Failure", "Format", "Framed", "Head", "Outcome", "Outcomes", "Text"]
+__all__ = [
+    "NDJSON",
+    "SSE",
+    "Failure",
+    "Format",
+    "Framed",
+    "Head",
+    "Outcome",
+    "Outcomes",
+    "Text",
+    "ends",
+]
 
 QA_FORMATS: dict[str, Framed] = {"sse": SSE(), "ndjson": NDJSON(), "text": Text()}
 """The formats of ``/qa`` by their ``?format=`` name."""

@@ -58,6 +58,11 @@ Outcome = Event | Failure
 Outcomes = AsyncIterator[Sequence[Outcome]]
 
 
+def ends(batch: Sequence[Outcome]) -> bool:
+    """Whether ``batch`` holds the answer's last outcome (``done`` or a ``Failure``)."""
+    return bool(batch) and (isinstance(batch[-1], Failure) or batch[-1].type == "done")
+
+
 class Format(Protocol):
     """Turns one answer into the bytes of a response body."""
 

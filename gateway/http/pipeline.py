@@ -205,9 +205,9 @@ async def respond(
     if ticket is not None:  # a new answer (not a resume) of a principal under limits
         outcomes = ticket.metered(guarded_outcomes, started.answer.cache)
         headers |= ticket.headers
-    body = format.encode(started.head(), outcomes)
     if format.streamed:
-        return EventStream(body, format.media_type, headers, started.answer.aclose)
+        return EventStream(format, started.head(), outcomes, headers, started.answer.aclose)
+    body = format.encode(started.head(), outcomes)
     try:
         async with aclosing(body):
             content = b"".join([chunk async for chunk in body])

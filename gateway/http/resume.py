@@ -87,8 +87,7 @@ async def send_resumed(
                 stream_id,
                 after,
             )
-            body = format.encode(head, _failure(error))
-            response = EventStream(body, format.media_type, headers, found.batches.aclose)
+            response = EventStream(format, head, _failure(error), headers, found.batches.aclose)
         else:
             answer = Answer(
                 found.backend,

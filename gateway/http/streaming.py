@@ -10,11 +10,13 @@ run an anyio task group with a second task listening for the disconnect.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from types import TracebackType
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+from gateway.formats import Format, Head, Outcome, Outcomes, ends
 
 
 class Departure:
@@ -58,20 +60,30 @@ class Departure:
 
 
 class EventStream(StreamingResponse):
-    """Sends each chunk of ``content`` as it is produced (inside a ``Departure``).
+    """Sends the answer in ``format``, each chunk as it is produced (inside a ``Departure``);
+    the chunk of its last outcome goes out with the end of the body, in one write, once the
+    iterators behind it are done.
 
-    ``close`` runs however the response ends, even if ``content`` was never read.
+    ``close`` runs however the response ends, even if nothing was read.
     """
 
     def __init__(
         self,
-        content: AsyncIterator[bytes],
-        media_type: str,
+        format: Format,
+        head: Head,
+        outcomes: Outcomes,
         headers: dict[str, str],
         close: Callable[[], Awaitable[None]],
     ) -> None:
-        super().__init__(content, media_type=media_type, headers=headers)
+        self._over = False
+        self._content = format.encode(head, self._noting_the_end(outcomes))
+        super().__init__(self._content, media_type=format.media_type, headers=headers)
         self.close = close
+
+    async def _noting_the_end(self, outcomes: Outcomes) -> AsyncGenerator[Sequence[Outcome], None]:
+        async for batch in outcomes:
+            self._over = ends(batch)
+            yield batch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -82,8 +94,12 @@ class EventStream(StreamingResponse):
                     "headers": self.raw_headers,
                 }
             )
-            async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            last: list[bytes] = []
+            async for chunk in self._content:
+                if self._over:
+                    last.append(chunk)
+                else:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"".join(last), "more_body": False})
         finally:
             await self.close()
