@@ -84,11 +84,17 @@ class GeminiRestBackend:
             response = await self._client().post(self._url, data=body, headers=headers)
             if response.status != 200:
                 raise http_error(response.status, await response.read())
-            async for data in _sse_data(response.content):
-                for event in reader.read(orjson.loads(data)):
-                    yield event
+            frames = SSEFrames()
+            async for chunk in response.content.iter_any():
+                for data in frames.feed(chunk):
+                    for event in reader.read(orjson.loads(data)):
+                        yield event
                 if reader.blocked_reason:
                     break
+            else:
+                for data in frames.end():
+                    for event in reader.read(orjson.loads(data)):
+                        yield event
         except aiohttp.ClientError as exc:
             message = f"the connection failed: {type(exc).__name__}"
             raise TransientError("unavailable", message) from None
@@ -131,22 +137,32 @@ class GeminiRestBackend:
             self._session = None
 
 
-async def _sse_data(content: aiohttp.StreamReader) -> AsyncGenerator[bytes, None]:
-    """The ``data`` of each server-sent event, from the body as it arrives."""
-    pending = b""
-    data: list[bytes] = []
-    async for chunk in content.iter_any():
-        lines = (pending + chunk).split(b"\n")
-        pending = lines.pop()
+class SSEFrames:
+    """The ``data`` of each server-sent event, from the body's chunks as they arrive."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The ``data`` of the events ``chunk`` completes."""
+        lines = (self._pending + chunk).split(b"\n")
+        self._pending = lines.pop()
+        complete = []
         for line in lines:
             line = line.rstrip(b"\r")
             if line.startswith(b"data:"):
-                data.append(line[5:])
-            elif not line and data:
-                yield b"\n".join(data)
-                data = []
-    if data:
-        yield b"\n".join(data)
+                self._data.append(line[5:])
+            elif not line and self._data:
+                complete.append(b"\n".join(self._data))
+                self._data = []
+        return complete
+
+    def end(self) -> list[bytes]:
+        """The ``data`` of an event the body ended in without its blank line."""
+        complete = self.feed(b"\n\n")
+        self._pending = b""
+        return complete
 
 
 class JsonResponseReader(ResponseReader):

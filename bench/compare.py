@@ -57,9 +57,10 @@ async def compare(
         for target, _ in targets:  # warm-up
             await measure(target, 200, 32, {})
         results: dict[tuple[int, str], list[Round]] = {}
-        for _ in range(rounds):
+        for round_ in range(rounds):
+            order = targets if round_ % 2 == 0 else targets[::-1]  # no target always first
             for concurrency, count in requests.items():
-                for target, pid in targets:
+                for target, pid in order:
                     watch = {"process": pid, "emulator": emulator.pid}
                     found = await measure(target, count, concurrency, watch)
                     results.setdefault((concurrency, target.name), []).append(found)

@@ -155,3 +155,41 @@ async def test_a_connection_dropped_midstream_is_unavailable() -> None:
         server.close()
     assert events == [Delta("Half")]
     assert raised.value.code == "unavailable"
+
+
+async def test_frames_split_anywhere_read_the_same() -> None:
+    """A body written a few bytes at a time, CRLF and LF lines, a comment, and a last event
+    the body ends in without its blank line."""
+
+    def text(words: str) -> bytes:
+        return orjson.dumps({"candidates": [{"content": {"parts": [{"text": words}]}}]})
+
+    body = (
+        b": keep-alive\r\n\r\ndata: " + text("One ") + b"\r\n\r\n"
+        b"data: " + text("two") + b"\n\n"
+        b'data: {"candidates": [{"finishReason": "STOP"}]}'
+    )
+
+    async def in_pieces(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+        )
+        for start in range(0, len(body), 7):
+            writer.write(body[start : start + 7])
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.close()
+
+    server = await asyncio.start_server(in_pieces, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    backend = GeminiRestBackend(
+        "g", GeminiConfig(type="gemini", endpoint=f"127.0.0.1:{port}", insecure=True)
+    )
+    try:
+        events = [event async for event in backend.stream(QARequest("hi"))]
+    finally:
+        await backend.aclose()
+        server.close()
+    assert events[:2] == [Delta("One "), Delta("two")]
+    assert isinstance(events[2], Done) and events[2].finish_reason == "stop"
