@@ -123,7 +123,8 @@ async def warm_up(bench: Bench) -> None:
 
 async def interleaved(bench: Bench, hit: tuple[str, bytes] | None) -> list[Round]:
     """``rounds`` times: direct (REST, gRPC), SDK alone, gateway miss (REST, gRPC), gateway
-    hit, resume of the hit's finished stream; at concurrency 1, then 32."""
+    hit, resume of the hit's finished stream, in the opposite order every other round; at
+    concurrency 1, then 32."""
     targets = paths(bench)
     if hit is not None:
         pid = bench.gateway.pid
@@ -132,9 +133,10 @@ async def interleaved(bench: Bench, hit: tuple[str, bytes] | None) -> list[Round
             targets.append(resume_target(bench.pool, hit[1], pid))
     sizes = bench.sizes
     rounds: list[Round] = []
-    for _ in range(sizes.rounds):
+    for round_ in range(sizes.rounds):
+        order = targets if round_ % 2 == 0 else targets[::-1]  # no path always first
         for concurrency, requests in ((1, sizes.c1_requests), (32, sizes.c32_requests)):
-            for target in targets:
+            for target in order:
                 rounds.append(await measure(target, requests, concurrency, bench.watch))
     return rounds
 
