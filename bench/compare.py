@@ -4,10 +4,11 @@ One emulator, one gateway process per checkout (each ``DIR`` holds ``gateway/`` 
 ``backends/``), and interleaved rounds at concurrency 1 and 32: direct and each gateway
 (cache miss), in the opposite order every other round (the first of a round was seen to run
 ~10 % cheaper, whichever it was). Prints, per gateway, the medians of latency added over
-direct and of gateway CPU per answer. Made for trying a hot-path change on a copy: interleaving cancels most of
-the noise other work on the machine adds. ``--floor`` adds ``bench.floor``, a bare relay on
-the gateway's server and client libraries: the least any gateway on this stack adds;
-``--redis-url`` puts every gateway's cache (answer streams, coalescing) in that Redis.
+direct and of gateway CPU per answer. Made for trying a hot-path change on a copy:
+interleaving cancels most of the noise other work on the machine adds. ``--floor`` adds
+``bench.floor``, a bare relay on the gateway's server and client libraries: the least any
+gateway on this stack adds; ``--redis-url`` puts every gateway's cache (answer streams,
+coalescing) in that Redis.
 """
 
 from __future__ import annotations
