@@ -130,7 +130,7 @@ class LimitedHttp(HttpToolsProtocol):
         else:
             super().on_headers_complete()
             if self.cycle is not before and self.cycle is not None:
-                self.cycle.transport = HeadWithBody(self.cycle, self.transport)
+                self.cycle.transport = HeadWithBody(self.cycle, self.transport, self.loop)
             return
         raise _Refused
 
@@ -182,10 +182,16 @@ class HeadWithBody(asyncio.Transport):
     same step goes out on the loop's next turn. (uvicorn's cycle only writes, closes and
     asks ``is_closing``.)"""
 
-    def __init__(self, cycle: RequestResponseCycle, transport: asyncio.Transport) -> None:
+    def __init__(
+        self,
+        cycle: RequestResponseCycle,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         super().__init__()
         self._cycle = cycle
         self._transport = transport
+        self._loop = loop
         self._head: bytes | None = None
         self._started = False
 
@@ -193,7 +199,7 @@ class HeadWithBody(asyncio.Transport):
         if not self._started and self._cycle.response_started:  # the head
             self._started = True
             self._head = bytes(data)
-            asyncio.get_running_loop().call_soon(self.flush)
+            self._loop.call_soon(self.flush)
             return
         if self._head is not None:
             data, self._head = self._head + bytes(data), None
