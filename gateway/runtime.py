@@ -22,7 +22,7 @@ from gateway.upstream.cache import Cached
 from gateway.upstream.fallback import Fallback
 from gateway.upstream.flights import Flights
 from gateway.upstream.limits import Limiter, MemoryLimiter
-from gateway.upstream.memory_journal import MemoryJournal
+from gateway.upstream.memory_journal import Kept, MemoryJournal
 from gateway.upstream.redis_journal import RedisJournal
 from gateway.upstream.redis_limits import RedisLimiter
 from gateway.upstream.retry import Retrying
@@ -119,7 +119,9 @@ def _journal(
     """Answer streams in Redis when ``redis_url`` is set, else in process."""
     knobs = settings.cache
     if settings.redis_url is None:
-        store = MemoryStore(knobs.memory_max_entries, knobs.memory_max_bytes)
+        store: MemoryStore[Kept | str] = MemoryStore(
+            knobs.memory_max_entries, knobs.memory_max_bytes
+        )
         return MemoryJournal(store, knobs.prefix)
     breaker = Breaker(knobs.breaker_s, on_failure=on_redis_error)
 

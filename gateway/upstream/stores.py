@@ -12,12 +12,13 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 log = logging.getLogger("gateway.cache")
 T = TypeVar("T")
+V = TypeVar("V")
 
 REDIS_ERRORS: tuple[type[Exception], ...] = (
     RedisError,
@@ -39,39 +40,40 @@ class KeyProblem(Exception):
     deals with that key (Redis itself is fine)."""
 
 
-class MemoryStore:
-    """A least-recently-used map bounded in entries and bytes, for a gateway without Redis."""
+class MemoryStore(Generic[V]):
+    """A least-recently-used map bounded in entries and bytes, for a gateway without Redis:
+    each value is kept with its size (what it would take encoded)."""
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.size = 0
-        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, V, int]] = OrderedDict()
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str) -> V | None:
         item = self._entries.get(key)
         if item is None:
             return None
-        expires, value = item
+        expires, value, _ = item
         if expires <= _now():
             self._drop(key)
             return None
         self._entries.move_to_end(key)
         return value
 
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        if len(value) > self.max_bytes:
+    async def set(self, key: str, value: V, size: int, ttl_s: float) -> None:
+        if size > self.max_bytes:
             return
         if key in self._entries:
             self._drop(key)
-        self._entries[key] = (_now() + ttl_s, value)
-        self.size += len(value)
+        self._entries[key] = (_now() + ttl_s, value, size)
+        self.size += size
         while len(self._entries) > self.max_entries or self.size > self.max_bytes:
             self._drop(next(iter(self._entries)))
 
     def _drop(self, key: str) -> None:
-        _, value = self._entries.pop(key)
-        self.size -= len(value)
+        _, _, size = self._entries.pop(key)
+        self.size -= size
 
     async def aclose(self) -> None:
         self._entries.clear()
