@@ -12,16 +12,18 @@ import re
 import time
 import uuid
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.upstream.base import Principal
 from gateway.upstream.trace import Trace
 
 log = logging.getLogger("gateway.access")
+M = TypeVar("M", bound=MetricWrapperBase)
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
 _ROUTES = frozenset({"/qa", "/v1/chat/completions", "/v1/models", "/backends", "/"})
@@ -67,25 +69,35 @@ class Metrics:
         self.redis_bad_values = counter(
             "qa_redis_bad_values", "Redis keys found holding a wrong or undecodable value."
         )
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
 
     def record(self, route: str, trace: Trace, tenant: str) -> None:
         backend = trace.backend or ""
-        self.requests.labels(route, backend, str(trace.status), tenant).inc()
+        child = self._child
+        child(self.requests, route, backend, str(trace.status), tenant).inc()
         if not trace.backend:
             return
         if trace.retries:
-            self.retries.labels(backend).inc(trace.retries)
+            child(self.retries, backend).inc(trace.retries)
         for code in trace.upstream_errors:
-            self.upstream_errors.labels(backend, code).inc()
+            child(self.upstream_errors, backend, code).inc()
         if trace.answered_by and trace.answered_by != backend:
-            self.fallbacks.labels(backend, trace.answered_by).inc()
+            child(self.fallbacks, backend, trace.answered_by).inc()
         if trace.cache:
-            self.cache.labels(backend, trace.cache).inc()
+            child(self.cache, backend, trace.cache).inc()
         if trace.coalesced:
-            self.coalesced.labels(backend).inc()
+            child(self.coalesced, backend).inc()
         if trace.first_event_s is not None:
-            self.first_event.labels(backend).observe(trace.first_event_s)
-            self.duration.labels(backend).observe(time.perf_counter() - trace.started)
+            child(self.first_event, backend).observe(trace.first_event_s)
+            child(self.duration, backend).observe(time.perf_counter() - trace.started)
+
+    def _child(self, metric: M, *values: str) -> M:
+        """``metric.labels(*values)``, looked up once (that call validates and locks)."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
 
 class Observed:
