@@ -16,6 +16,7 @@ from backends.emulator import Behaviour, Emulator
 from backends.gemini import GeminiConfig
 from gateway.settings import Settings
 from gateway.upstream.entries import cache_key, identity_of
+from gateway.upstream.streams import new_stream_id
 from tests.redis_support import RedisServer, RedisTarget
 from tests.support import FAST_RETRY, gateway, parse_sse, settings_for, text_of, wait_for
 
@@ -107,6 +108,25 @@ async def test_truncated_answers_are_not_stored(
         emulator.reset()
         again = await client.post(f"{url}/qa", json=QUERY)
     assert again.headers["x-cache"] == "MISS"
+
+
+async def test_a_failed_answer_leaves_a_question_taken_over_alone(
+    client: httpx.AsyncClient, emulator: Emulator, redis_target: RedisTarget
+) -> None:
+    """The question's pointer, taken over by another stream while this one was answering,
+    still names that stream once this one has failed."""
+    emulator.reset(Behaviour(fail_after=3, delay_ms=30))
+    other, key = new_stream_id(), None
+    async with gateway(cached(emulator, redis_target)) as url:
+        async with client.stream("POST", f"{url}/qa", json=QUERY) as response:
+            async for chunk in response.aiter_bytes():
+                if key is None and b"event: delta" in chunk:
+                    [key] = answer_keys(redis_target)  # another instance takes it over
+                    with redis_target.client() as r:
+                        r.set(key, other, px=60_000)
+        assert b"event: error" in chunk
+    with redis_target.client() as r:
+        assert r.get(key) == other.encode()
 
 
 def test_keys_differ_by_everything_that_changes_the_answer() -> None:

@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.streams")
 
 
+LET_GO = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+"""Forget the question (KEYS[1]) if it still names stream ARGV[1] (not one that took over)."""
+
+
 class Publisher:
     """Appends a flight's events to its stream in batches: whatever is ready goes in one
     round trip, as entry ``1-<seq>``.
@@ -179,8 +186,8 @@ class Publisher:
             if self.key is not None:
                 if cache_ttl_s is not None and not self.capped:
                     pipe.set(self.key, self._flight.stream_id, px=int(cache_ttl_s * 1000))
-                else:
-                    pipe.delete(self.key)  # a failed attempt is never found again
+                else:  # a failed attempt is never found again
+                    pipe.eval(LET_GO, 1, self.key, self._flight.stream_id)
             if self.capped:
                 pipe.delete(keys.events)
             else:
