@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from backends.emulator import Emulator
 from gateway.app import create_app
+from gateway.http.connection import LimitedHttp
 from gateway.settings import Policies, Settings
 
 FAST_RETRY = {"initial_s": 0.001, "max_s": 0.005}
@@ -85,11 +86,13 @@ def with_agent(emulator: Emulator, settings: Settings | None = None, **agent: An
 
 @asynccontextmanager
 async def serve(app: FastAPI) -> AsyncIterator[str]:
-    """Run ``app`` under uvicorn on a free loopback port; yield its base URL."""
+    """Run ``app`` under uvicorn, on the gateway's own connection protocol, on a free
+    loopback port; yield its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    config = uvicorn.Config(app, http=LimitedHttp, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():

@@ -137,12 +137,12 @@ async def in_memory(emulator: Emulator) -> AsyncIterator[str]:
 async def test_no_cycles_left_in_memory(
     in_memory: str, emulator: Emulator, case: str, saved_garbage: None
 ) -> None:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10) as client:  # its connections stay open
         await CASES[case](client, in_memory)  # the first time may build what lasts
         ours_in_cycles()
         for _ in range(3):
             await CASES[case](client, in_memory)
-    assert ours_in_cycles() == []
+        assert ours_in_cycles() == []
 
 
 async def test_no_cycles_left_by_failures(
@@ -152,7 +152,7 @@ async def test_no_cycles_left_by_failures(
         await failed(client, in_memory, emulator)
         ours_in_cycles()
         await failed(client, in_memory, emulator)
-    assert ours_in_cycles() == []
+        assert ours_in_cycles() == []
 
 
 async def test_no_cycles_left_through_redis(
@@ -166,4 +166,4 @@ async def test_no_cycles_left_through_redis(
         for _ in range(3):
             await miss_then_hit(client, url)
             await resumed(client, url)
-    assert ours_in_cycles() == []
+        assert ours_in_cycles() == []

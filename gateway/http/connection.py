@@ -21,6 +21,7 @@ on ``http.response.start``, a syscall (and on loopback, a wake-up of the reader)
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any, ClassVar
 
 import orjson
@@ -189,14 +190,15 @@ class HeadWithBody(asyncio.Transport):
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         super().__init__()
-        self._cycle = cycle
+        self._cycle = weakref.ref(cycle)  # which refers to this: no cycle for the collector
         self._transport = transport
         self._loop = loop
         self._head: bytes | None = None
         self._started = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._started and self._cycle.response_started:  # the head
+        cycle = self._cycle()
+        if not self._started and cycle is not None and cycle.response_started:  # the head
             self._started = True
             self._head = bytes(data)
             self._loop.call_soon(self.flush)
