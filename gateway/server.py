@@ -41,10 +41,6 @@ class GatewayServer(uvicorn.Server):
             access_log=False,  # gateway.access logs every request, with more to say
         )
         super().__init__(config)
-        # What the JSON lines never show, logging need not look up for each record (the
-        # logging HOWTO's "Optimization"): the caller's source line, thread and process.
-        logging._srcfile = None
-        logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
         self.app = app
         self.grace_s = grace_s
         allow_open_files(limits.max_connections + _SPARE_FILES)
