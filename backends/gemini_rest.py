@@ -86,15 +86,13 @@ class GeminiRestBackend:
                 raise http_error(response.status, await response.read())
             frames = SSEFrames()
             async for chunk in response.content.iter_any():
-                for data in frames.feed(chunk):
-                    for event in reader.read(orjson.loads(data)):
-                        yield event
+                for event in reader.events(frames.feed(chunk)):
+                    yield event
                 if reader.blocked_reason:
                     break
             else:
-                for data in frames.end():
-                    for event in reader.read(orjson.loads(data)):
-                        yield event
+                for event in reader.events(frames.end()):
+                    yield event
         except aiohttp.ClientError as exc:
             message = f"the connection failed: {type(exc).__name__}"
             raise TransientError("unavailable", message) from None
@@ -167,6 +165,11 @@ class SSEFrames:
 
 class JsonResponseReader(ResponseReader):
     """``ResponseReader`` for responses in their proto3 JSON form (camelCase, defaults left out)."""
+
+    def events(self, frames: list[bytes]) -> Iterator[Event]:
+        """The events of the responses in these ``data:`` frames."""
+        for frame in frames:
+            yield from self.read(orjson.loads(frame))
 
     def read(self, response: Any) -> Iterator[Event]:
         if "error" in response:

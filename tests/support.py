@@ -48,6 +48,14 @@ def settings_for(emulator: Emulator, transport: str = "rest", **overrides: Any) 
     return Settings(**data)
 
 
+def caching(emulator: Emulator, entry: dict[str, Any] | None = None, **overrides: Any) -> Settings:
+    """``settings_for`` with the ``gemini`` backend (over REST, plus ``entry``) caching, as it
+    does by default."""
+    gemini = {"type": "gemini", "endpoint": emulator.rest_address, "insecure": True}
+    gemini |= {"retry": FAST_RETRY} | (entry or {})
+    return settings_for(emulator, backends={"gemini": gemini}, **overrides)
+
+
 def both(emulator: Emulator, *, default: str = "gemini", **search: Any) -> Settings:
     """A ``gemini`` and a ``search`` (Agent Builder) backend on ``emulator``, same policies."""
     gemini = settings_for(emulator).backends["gemini"]

@@ -18,22 +18,15 @@ from gateway.settings import Settings
 from gateway.upstream.entries import cache_key, identity_of
 from gateway.upstream.streams import new_stream_id
 from tests.redis_support import RedisServer, RedisTarget
-from tests.support import FAST_RETRY, gateway, parse_sse, settings_for, text_of, wait_for
+from tests.support import caching, gateway, parse_sse, text_of, wait_for
 
 QUERY = {"query": "What does the cache keep?"}
 
 
 def cached(emulator: Emulator, redis_target: RedisTarget, **extra: Any) -> Settings:
-    entry = {
-        "type": "gemini",
-        "endpoint": emulator.rest_address,
-        "insecure": True,
-        "retry": FAST_RETRY,
-        **extra.pop("entry", {}),
-    }
-    return settings_for(
+    return caching(
         emulator,
-        backends={"gemini": entry},
+        extra.pop("entry", {}),
         # Generous timeouts: a busy CI machine must not turn these tests into outage tests.
         cache={"prefix": redis_target.prefix, "command_timeout_s": 1.0, "breaker_s": 0.3}
         | extra.pop("cache", {}),

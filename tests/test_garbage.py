@@ -15,9 +15,8 @@ import httpx
 import pytest
 
 from backends.emulator import Behaviour, Emulator
-from gateway.settings import Settings
 from tests.redis_support import RedisTarget
-from tests.support import FAST_RETRY, gateway, parse_sse, settings_for
+from tests.support import caching, gateway, parse_sse
 
 Ask = Callable[[httpx.AsyncClient, str], Awaitable[object]]
 
@@ -49,11 +48,6 @@ _JSON = "application/json"
 
 
 _ASKED = itertools.count()
-
-
-def cached(emulator: Emulator, **extra: object) -> Settings:
-    entry = {"type": "gemini", "endpoint": emulator.rest_address, "insecure": True}
-    return settings_for(emulator, backends={"gemini": entry | {"retry": FAST_RETRY}}, **extra)
 
 
 async def _post(client: httpx.AsyncClient, url: str, **extra: object) -> httpx.Response:
@@ -129,7 +123,7 @@ CASES: dict[str, Ask] = {
 
 @pytest.fixture
 async def in_memory(emulator: Emulator) -> AsyncIterator[str]:
-    async with gateway(cached(emulator)) as url:
+    async with gateway(caching(emulator)) as url:
         yield url
 
 
@@ -158,7 +152,7 @@ async def test_no_cycles_left_by_failures(
 async def test_no_cycles_left_through_redis(
     emulator: Emulator, redis_target: RedisTarget, saved_garbage: None
 ) -> None:
-    settings = cached(emulator, cache={"prefix": redis_target.prefix}, **redis_target.settings())
+    settings = caching(emulator, cache={"prefix": redis_target.prefix}, **redis_target.settings())
     async with gateway(settings) as url, httpx.AsyncClient(timeout=10) as client:
         await miss_then_hit(client, url)
         await resumed(client, url)

@@ -6,15 +6,7 @@ from __future__ import annotations
 import httpx
 
 from backends.emulator import Emulator
-from gateway.settings import Settings
-from tests.support import FAST_RETRY, gateway, parse_sse, settings_for
-
-
-def in_memory(emulator: Emulator, **cache: object) -> Settings:
-    entry = {"type": "gemini", "endpoint": emulator.rest_address, "insecure": True}
-    return settings_for(
-        emulator, backends={"gemini": entry | {"retry": FAST_RETRY}}, cache={"prefix": "m:"} | cache
-    )
+from tests.support import caching, gateway, parse_sse
 
 
 async def _ask(client: httpx.AsyncClient, url: str, query: str) -> str:
@@ -25,7 +17,7 @@ async def _ask(client: httpx.AsyncClient, url: str, query: str) -> str:
 
 async def test_the_least_recently_used_answer_goes_first(emulator: Emulator) -> None:
     # Each answer takes two entries: its stream and the question's pointer to it.
-    settings = in_memory(emulator, memory_max_entries=4)
+    settings = caching(emulator, cache={"memory_max_entries": 4})
     async with gateway(settings) as url, httpx.AsyncClient(timeout=10) as client:
         assert [await _ask(client, url, q) for q in ("one", "two")] == ["MISS", "MISS"]
         assert await _ask(client, url, "one") == "HIT"  # now the most recently used
@@ -35,6 +27,6 @@ async def test_the_least_recently_used_answer_goes_first(emulator: Emulator) -> 
 
 
 async def test_an_answer_beyond_the_bytes_is_not_kept(emulator: Emulator) -> None:
-    settings = in_memory(emulator, memory_max_bytes=200)
+    settings = caching(emulator, cache={"memory_max_bytes": 200})
     async with gateway(settings) as url, httpx.AsyncClient(timeout=10) as client:
         assert [await _ask(client, url, "long") for _ in range(2)] == ["MISS", "MISS"]

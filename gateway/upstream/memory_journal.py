@@ -106,20 +106,19 @@ class MemoryRecorder:
         self.settings = settings
         self.capped = False
         self._pushed = 0
-        self._count = 0  # of entries: the events pushed and the end
         self.size = 0
 
     def push(self, event: Event) -> None:
         self._pushed += 1
         if not self.capped:
-            self._add(len(encode_event(event)))
+            self._add(len(encode_event(event)), self._pushed)
 
     def followed_elsewhere(self) -> bool:
         return False
 
     async def finish(self, end: Event | BackendError, cache_ttl_s: float | None) -> None:
         if not self.capped:
-            self._add(len(encode_end(end)))
+            self._add(len(encode_end(end)), self._pushed + 1)
         flight, origin = self.flight, self.flight.origin
         if self.capped or origin is None:
             if self.capped:
@@ -136,9 +135,8 @@ class MemoryRecorder:
         if self.key is not None and cache_ttl_s is not None:
             await store.set(self.key, flight.stream_id, len(flight.stream_id), cache_ttl_s)
 
-    def _add(self, size: int) -> None:
-        self._count += 1
+    def _add(self, size: int, entries: int) -> None:
         self.size += size
         settings = self.settings
-        if self._count > settings.max_events or self.size > settings.max_bytes:
+        if entries > settings.max_events or self.size > settings.max_bytes:
             self.capped = True
