@@ -78,16 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.http.auth import warn_if_open
     from gateway.server import GatewayServer
 
-    # Start-up leaves ~100 MB of long-lived objects (the SDKs, protobuf descriptors): move
-    # them out of the collector's reach, so a full collection no longer walks them (100-220
-    # ms with 1,000 open streams), and let the young generation fill before collecting:
-    # reference counting frees a request's objects (it leaves no cycles: test_garbage.py).
-    # What survives (an open stream's objects) lands in the middle generation; collect it
-    # every 5 young collections, not 50: each walk of it pauses every stream (~200 ms with
-    # 1,000 open at 50, ~55 ms at 5), and full collections stay as rare as before.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 5, 1_000)
+    tune_collector()
     # The log lines name no source line, thread or process: skip finding them per record.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
@@ -96,6 +87,22 @@ def _serve(args: argparse.Namespace) -> int:
     warn_if_open(settings.auth, args.host)  # once logging is set up
     server.run()
     return 0
+
+
+def tune_collector() -> None:
+    """Tune the garbage collector for a process serving streams (the tests run the same).
+
+    Start-up leaves ~100 MB of long-lived objects (the SDKs, protobuf descriptors): they are
+    moved out of the collector's reach, so a full collection no longer walks them (100-220 ms
+    with 1,000 open streams), and the young generation fills before it is collected: reference
+    counting frees a request's objects (it leaves no cycles: test_garbage.py). What survives
+    (an open stream's objects) lands in the middle generation, collected every 5 young
+    collections, not 50: each walk of it pauses every stream (~200 ms with 1,000 open at 50,
+    ~55 ms at 5), and full collections stay as rare as before.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 5, 1_000)
 
 
 def _ask(args: argparse.Namespace) -> int:

@@ -6,9 +6,12 @@ import httpx
 import pytest
 
 from backends.emulator import Emulator
+from gateway.cli import tune_collector
 from tests.cluster_support import MASTERS, LocalCluster
 from tests.redis_support import RedisTarget, delete_prefix, redis_named
 from tests.support import gateway, settings_for
+
+tune_collector()  # in-process gateways collect garbage as a served one does
 
 
 @pytest.fixture(scope="session")

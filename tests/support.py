@@ -16,6 +16,7 @@ import httpx
 import orjson
 import uvicorn
 from fastapi import FastAPI
+from fastapi.dependencies import models as fastapi_models
 
 from backends.emulator import Emulator
 from gateway.app import create_app
@@ -112,6 +113,20 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         sock.close()
+        forget_endpoints()
+
+
+def forget_endpoints() -> None:
+    """Empty FastAPI's caches of what kind of callable each endpoint is (4,096 entries):
+    they keep every app whose endpoints they saw alive, with its runtime, and the hundreds a
+    session builds made each full collection pause the event loop ~0.7 s, long enough to
+    fail tests on Redis timeouts. One app per process, as in production, is no leak."""
+    for cache in (
+        fastapi_models._is_gen_callable_cached,
+        fastapi_models._is_async_gen_callable_cached,
+        fastapi_models._is_coroutine_callable_cached,
+    ):
+        cache.cache_clear()
 
 
 @asynccontextmanager

@@ -217,7 +217,8 @@ async def test_outage_retries_stay_within_the_budget(emulator: Emulator) -> None
 async def test_two_hundred_disconnects_leave_nothing_behind(
     emulator: Emulator, transport: str
 ) -> None:
-    emulator.reset(Behaviour(chunks=1000, delay_ms=50))
+    # Long answers (~50 s each), of few chunks: the emulator builds each whole as it is asked.
+    emulator.reset(Behaviour(chunks=100, delay_ms=500))
     app = create_app(settings_for(emulator, transport))
     async with serve(app) as url:
         baseline = len(asyncio.all_tasks())
