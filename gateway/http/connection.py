@@ -16,11 +16,13 @@ each answered in the gateway's error shape, then the connection is closed:
 
 A response's head goes out with its first body chunk, in one write: uvicorn writes the head
 on ``http.response.start``, a syscall (and on loopback, a wake-up of the reader) of its own.
+Every write goes out at once (``TCP_NODELAY``), however the listening socket was made.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import weakref
 from typing import Any, ClassVar
 
@@ -80,6 +82,12 @@ class LimitedHttp(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio sets this only on sockets made with TCP's protocol number: one made by
+            # `socket.socket()` and handed to the server would hold each write after the
+            # first until the client's delayed ACK (~40 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
