@@ -44,11 +44,16 @@ class RecordingTransport(asyncio.Transport):
         pass
 
 
-async def _serve(app: Any, transport: RecordingTransport, request: bytes = REQUEST) -> None:
-    """Serve ``request`` with ``app`` until its response is complete and the loop turned."""
+def _connection(app: Any) -> LimitedHttp:
+    """The protocol of one connection to ``app``, not yet connected."""
     config = Config(app, http=LimitedHttp, lifespan="off", log_level="warning")
     config.load()
-    protocol = LimitedHttp(config=config, server_state=ServerState(), app_state={})
+    return LimitedHttp(config=config, server_state=ServerState(), app_state={})
+
+
+async def _serve(app: Any, transport: RecordingTransport, request: bytes = REQUEST) -> None:
+    """Serve ``request`` with ``app`` until its response is complete and the loop turned."""
+    protocol = _connection(app)
     protocol.connection_made(transport)
     protocol.data_received(request)
     for _ in range(200):
@@ -57,6 +62,10 @@ async def _serve(app: Any, transport: RecordingTransport, request: bytes = REQUE
         await asyncio.sleep(0.001)
     await asyncio.sleep(0.001)
     protocol.connection_lost(None)
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("no request was sent")
 
 
 def _start(status: int = 200) -> dict[str, Any]:
@@ -136,11 +145,10 @@ async def test_every_connection_sends_its_writes_at_once() -> None:
     waited for the client's delayed ACK: a cache hit took 44 ms instead of 1."""
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))
-    config = Config(lambda: None, http=LimitedHttp, lifespan="off", log_level="warning")
     made: list[LimitedHttp] = []
 
     def connection() -> LimitedHttp:
-        made.append(LimitedHttp(config=config, server_state=ServerState(), app_state={}))
+        made.append(_connection(_no_app))
         return made[-1]
 
     server = await asyncio.get_running_loop().create_server(connection, sock=listening)
